@@ -1,0 +1,293 @@
+//! The HTTP layer: routing, extraction, auth, limits, metrics and the OpenAPI document.
+//! Handlers only validate the shape of a request, call the service and map its errors.
+
+pub mod decisions;
+pub mod examples;
+pub mod health;
+pub mod jobs;
+pub mod predict;
+pub mod tasks;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::{header, request::Parts, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{BoxError, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::de::DeserializeOwned;
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::Error;
+use crate::service::Service;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub api_key: Option<Arc<str>>,
+    pub metrics: PrometheusHandle,
+}
+
+/// HTTP settings of the router.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// The process-wide Prometheus recorder (installed once; several servers in one test
+/// process share it).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn router(service: Arc<Service>, config: &HttpConfig) -> Router {
+    let state = AppState {
+        service,
+        api_key: config.api_key.as_deref().map(Arc::from),
+        metrics: metrics_handle(),
+    };
+    let v1 = Router::new()
+        .merge(health::v1_router())
+        .merge(tasks::router())
+        .merge(examples::router())
+        .merge(predict::router())
+        .merge(decisions::router())
+        .merge(jobs::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(health::router())
+        .nest("/v1", v1)
+        .fallback(|| async { Error::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |err: BoxError| async move {
+                        if err.is::<tower::timeout::error::Elapsed>() {
+                            Error::Unavailable("the request took too long and was stopped".into())
+                        } else {
+                            Error::Internal(anyhow::anyhow!("middleware error: {err}"))
+                        }
+                    },
+                ))
+                .timeout(config.request_timeout),
+        )
+        .layer(middleware::from_fn(track_metrics))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Bearer-token auth for /v1 when `--api-key` is set.
+async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => return Error::Unauthorized.into_response(),
+            Some(token) if !constant_time_eq(token.as_bytes(), key.as_bytes()) => {
+                return Error::Forbidden.into_response()
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn track_metrics(request: Request, next: Next) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("path", path), ("status", status)];
+    metrics::counter!("sw2s_http_requests_total", &labels).increment(1);
+    metrics::histogram!("sw2s_http_request_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `Json` whose rejections are our error body: 400 malformed, 422 wrong shape, 413 too big.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(Error::bad_request("malformed_json", e.body_text()))
+            }
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(Error::invalid("invalid_body", e.body_text()))
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::UnsupportedMediaType(
+                "send the body as JSON with `Content-Type: application/json`".into(),
+            )),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(Error::TooLarge(
+                    "the request body is over the size limit (--max-body-bytes)".into(),
+                ))
+            }
+            Err(e) => Err(Error::bad_request("bad_body", e.body_text())),
+        }
+    }
+}
+
+/// Like [`ApiJson`], but an empty body means `T::default()`.
+pub struct ApiJsonOrEmpty<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ApiJsonOrEmpty<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let has_body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v != "0")
+            .unwrap_or(req.headers().contains_key(header::CONTENT_TYPE));
+        if !has_body {
+            return Ok(ApiJsonOrEmpty(T::default()));
+        }
+        ApiJson::<T>::from_request(req, state)
+            .await
+            .map(|ApiJson(v)| ApiJsonOrEmpty(v))
+    }
+}
+
+/// `Path` with our error body.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| Error::bad_request("invalid_path", e.body_text()))
+    }
+}
+
+/// `Query` with our error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| Error::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sw2s",
+        description = "Selective weak-to-strong labeling server: weak labels in, trusted labels out.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        health::health,
+        health::ready,
+        health::info,
+        health::metrics,
+        health::embed,
+        tasks::create_task,
+        tasks::list_tasks,
+        tasks::get_task,
+        tasks::update_task,
+        tasks::delete_task,
+        examples::ingest,
+        examples::list_examples,
+        examples::get_example,
+        examples::add_weak_labels,
+        examples::set_gold,
+        predict::predict,
+        decisions::export,
+        decisions::review_queue,
+        jobs::create_job,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::retry_job,
+        jobs::list_models,
+        jobs::activate,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
+    tags(
+        (name = "service", description = "Health, readiness, model information, metrics"),
+        (name = "tasks", description = "Labeling tasks and their settings"),
+        (name = "examples", description = "Examples, weak labels and gold labels"),
+        (name = "model", description = "Embeddings and predictions"),
+        (name = "decisions", description = "Decided labels, their provenance, and what to review"),
+        (name = "jobs", description = "Selective fine-tuning jobs and model versions"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as the server serves it (and `openapi/openapi.json` holds).
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json().unwrap_or_else(|_| "{}".into())
+}
+
+/// 200 with a JSON body.
+pub fn ok<T: serde::Serialize>(value: T) -> Response {
+    axum::Json(value).into_response()
+}

@@ -1,0 +1,723 @@
+//! One task's similarity graph: the usearch index of its embeddings, the kNN graph over them,
+//! and label spreading of the weak labels (DESIGN.md §1.2).
+//!
+//! The database is the source of truth; this is a cache rebuilt from stored embeddings. A
+//! snapshot (`graph.bin` + the index file it names) is saved now and then; on load the
+//! service replays what the snapshot missed or rebuilds when it does not match.
+
+pub mod index;
+pub mod spreading;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use index::VectorIndex;
+use spreading::{full_pass, local_update, normalize, Graph, Params};
+
+/// Smoothing settings of a task (see `service::settings`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GraphSettings {
+    pub k: usize,
+    pub alpha: f32,
+    pub iterations: usize,
+    pub hops: usize,
+    /// Every this many incremental updates, run a full pass instead.
+    pub full_pass_every: u32,
+    pub class_balance: ClassBalance,
+    /// Weight of an example's own weak label in its refined label, against what spreads in
+    /// from its neighbours: 1 reads F as is (plain label spreading, where the own label
+    /// almost always wins), 0 uses the neighbours only.
+    pub self_weight: f32,
+}
+
+/// How the classes of F are weighed against each other before normalising a row.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassBalance {
+    /// r_i = F_i / ΣF_i. Drifts towards the class that dominates the graph as α grows.
+    None,
+    /// Class mass normalisation (Zhu et al. 2003) to the weak labels' class proportions.
+    WeakPrior,
+    /// Each class's F divided by its total mass: a node takes the class whose share it holds
+    /// most of, relative to that class's share overall. Resists drift and class-dependent
+    /// noise alike.
+    Uniform,
+}
+
+/// A new example (or a new weak aggregate for a known one).
+#[derive(Debug, Clone)]
+pub struct Insert {
+    pub example_id: i64,
+    /// Required for a new example; ignored for a known one.
+    pub embedding: Option<Vec<f32>>,
+    pub weak: Option<Vec<f32>>,
+}
+
+/// A refined label that moved enough to be written back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefinedChange {
+    pub example_id: i64,
+    pub refined: Option<Vec<f32>>,
+    /// Its argmax changed (the example's decision must be recomputed).
+    pub label_changed: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UpdateReport {
+    pub full_pass: bool,
+    pub region: usize,
+    pub changes: Vec<RefinedChange>,
+}
+
+/// A new node is offered as a neighbour to this many times k of its own nearest nodes. An
+/// existing node should take it when it is closer than that node's k-th neighbour; such
+/// "reverse neighbours" are not always among the new node's own k nearest, so a wider
+/// candidate set keeps the incremental kNN graph equal to a from-scratch one (2k missed ~8%
+/// of edges on clustered test data, 4k ~1%, 8k none).
+const REVERSE_CANDIDATES: usize = 8;
+
+/// Refined values closer than this to the stored ones are not written back.
+const WRITE_TOLERANCE: f32 = 1e-3;
+
+pub struct TaskGraph {
+    classes: usize,
+    settings: GraphSettings,
+    index: VectorIndex,
+    keys: Vec<i64>,
+    nodes: HashMap<i64, u32>,
+    graph: Graph,
+    y: Vec<f32>,
+    f: Vec<f32>,
+    /// The refined labels as last reported (what the database holds); NaN = none.
+    saved: Vec<f32>,
+    updates_since_full: u32,
+    /// Column sums of F and Y (for class balancing), kept up to date incrementally.
+    mass_f: Vec<f64>,
+    mass_y: Vec<f64>,
+    /// Identifies the embeddings (the encoder that made them).
+    pub encoder_id: String,
+}
+
+fn label_of(r: &[f32]) -> Option<usize> {
+    crate::method::weak::argmax(r)
+}
+
+impl TaskGraph {
+    pub fn new(
+        dims: usize,
+        classes: usize,
+        settings: GraphSettings,
+        encoder_id: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            classes,
+            settings,
+            index: VectorIndex::new(dims)?,
+            keys: vec![],
+            nodes: HashMap::new(),
+            graph: Graph::new(settings.k),
+            y: vec![],
+            f: vec![],
+            saved: vec![],
+            updates_since_full: 0,
+            mass_f: vec![0.0; classes],
+            mass_y: vec![0.0; classes],
+            encoder_id: encoder_id.to_string(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn max_example_id(&self) -> i64 {
+        self.keys.iter().copied().max().unwrap_or(0)
+    }
+
+    pub fn contains(&self, example_id: i64) -> bool {
+        self.nodes.contains_key(&example_id)
+    }
+
+    pub fn settings(&self) -> GraphSettings {
+        self.settings
+    }
+
+    fn params(&self) -> Params {
+        Params {
+            classes: self.classes,
+            alpha: self.settings.alpha,
+            iterations: self.settings.iterations,
+        }
+    }
+
+    fn row(v: &[f32], node: u32, c: usize) -> &[f32] {
+        &v[node as usize * c..(node as usize + 1) * c]
+    }
+
+    fn set_y(&mut self, node: u32, weak: Option<&[f32]>) -> bool {
+        let c = self.classes;
+        let new: Vec<f32> = weak.map(|w| w.to_vec()).unwrap_or_else(|| vec![0.0; c]);
+        let row = &mut self.y[node as usize * c..(node as usize + 1) * c];
+        if row == new.as_slice() {
+            return false;
+        }
+        for (m, (old, new)) in self.mass_y.iter_mut().zip(row.iter().zip(&new)) {
+            *m += (*new - *old) as f64;
+        }
+        row.copy_from_slice(&new);
+        true
+    }
+
+    fn add_mass(mass: &mut [f64], v: &[f32], node: u32, sign: f64) {
+        let c = mass.len();
+        for (m, x) in mass
+            .iter_mut()
+            .zip(&v[node as usize * c..(node as usize + 1) * c])
+        {
+            *m += sign * *x as f64;
+        }
+    }
+
+    /// Per-class factors applied before normalising a row of F.
+    fn class_scale(&self) -> Vec<f32> {
+        let prior = |y: f64| match self.settings.class_balance {
+            ClassBalance::None => None,
+            ClassBalance::WeakPrior => Some(y),
+            ClassBalance::Uniform => Some(1.0),
+        };
+        let discount = self.self_discount() as f64;
+        self.mass_f
+            .iter()
+            .zip(&self.mass_y)
+            .map(|(&f, &y)| match prior(y) {
+                // The mass of the readout: Σ_i (F_ic − discount·Y_ic).
+                Some(q) if f - discount * y > 1e-12 && q > 0.0 => (q / (f - discount * y)) as f32,
+                _ => 1.0,
+            })
+            .collect()
+    }
+
+    /// How much of the direct (1−α)·Y term the readout removes.
+    fn self_discount(&self) -> f32 {
+        (1.0 - self.settings.self_weight) * (1.0 - self.settings.alpha)
+    }
+
+    /// The readout h_i = F_i − discount·Y_i, class-scaled, normalised.
+    fn refined_row(&self, node: u32, scale: &[f32]) -> Option<Vec<f32>> {
+        let discount = self.self_discount();
+        let f = Self::row(&self.f, node, self.classes);
+        let y = Self::row(&self.y, node, self.classes);
+        let row: Vec<f32> = f
+            .iter()
+            .zip(y)
+            .zip(scale)
+            .map(|((f, y), s)| (f - discount * y).max(0.0) * s)
+            .collect();
+        normalize(&row)
+    }
+
+    /// Adds new examples and new weak aggregates, then updates the refined labels: the
+    /// affected region only, or everything every `full_pass_every` updates.
+    pub fn apply(&mut self, items: &[Insert]) -> anyhow::Result<UpdateReport> {
+        let (seeds, _) = self.insert_nodes(items)?;
+        if seeds.is_empty() {
+            return Ok(UpdateReport::default());
+        }
+        self.updates_since_full += 1;
+        if self.updates_since_full >= self.settings.full_pass_every.max(1) {
+            return Ok(self.full_update());
+        }
+        let params = self.params();
+        // Worst case a few sweeps over everything, as a full pass would do.
+        let max_updates = self
+            .settings
+            .iterations
+            .saturating_mul(self.len().max(seeds.len()));
+        let update = local_update(
+            &self.graph,
+            &self.y,
+            &mut self.f,
+            &seeds,
+            self.settings.hops,
+            &params,
+            max_updates,
+        );
+        for (m, d) in self.mass_f.iter_mut().zip(&update.mass_delta) {
+            *m += d;
+        }
+        let region = update.visited;
+        Ok(UpdateReport {
+            full_pass: false,
+            region: region.len(),
+            changes: self.collect_changes(&region),
+        })
+    }
+
+    /// Inserts without propagating (bulk rebuilds propagate once at the end). Returns the
+    /// seeds of the update: new nodes, nodes whose weak label changed and nodes whose edges
+    /// changed.
+    fn insert_nodes(&mut self, items: &[Insert]) -> anyhow::Result<(Vec<u32>, usize)> {
+        let c = self.classes;
+        let mut changed = Vec::new();
+        let mut fresh = Vec::new();
+        for item in items {
+            if let Some(&node) = self.nodes.get(&item.example_id) {
+                if self.set_y(node, item.weak.as_deref()) {
+                    changed.push(node);
+                }
+                continue;
+            }
+            let embedding = item
+                .embedding
+                .as_ref()
+                .with_context(|| format!("example {} has no embedding", item.example_id))?;
+            if embedding.len() != self.index.dims() {
+                bail!(
+                    "example {} has a {}-d embedding, the index is {}-d",
+                    item.example_id,
+                    embedding.len(),
+                    self.index.dims()
+                );
+            }
+            self.index.reserve_for(items.len())?;
+            self.index.add(item.example_id as u64, embedding)?;
+            let node = self.graph.add_node();
+            self.keys.push(item.example_id);
+            self.nodes.insert(item.example_id, node);
+            self.y.extend(std::iter::repeat_n(0.0, c));
+            self.f.extend(std::iter::repeat_n(0.0, c));
+            self.saved.extend(std::iter::repeat_n(f32::NAN, c));
+            self.set_y(node, item.weak.as_deref());
+            // Warm start: a new node begins at its own weak label.
+            let yrow = Self::row(&self.y, node, c).to_vec();
+            self.f[node as usize * c..(node as usize + 1) * c].copy_from_slice(&yrow);
+            Self::add_mass(&mut self.mass_f, &self.f, node, 1.0);
+            fresh.push((node, embedding));
+        }
+        // Search after every insert, so the batch's members find each other.
+        let k = self.settings.k;
+        let mut touched = Vec::new();
+        for (node, embedding) in fresh.iter() {
+            let found = self.index.search(embedding, REVERSE_CANDIDATES * k + 1)?;
+            let found: Vec<(u32, f32)> = found
+                .into_iter()
+                .filter_map(|(key, s)| self.nodes.get(&(key as i64)).map(|&n| (n, s)))
+                .filter(|&(n, _)| n != *node)
+                .collect();
+            let own: Vec<(u32, f32)> = found.iter().take(k).copied().collect();
+            touched.extend(self.graph.set_knn(*node, own));
+            // The new node may displace an existing node's farthest neighbour.
+            for &(other, s) in &found {
+                touched.extend(self.graph.offer(other, *node, s));
+            }
+        }
+        let new_nodes: Vec<u32> = fresh.iter().map(|(n, _)| *n).collect();
+        let seeds = spreading::seeds(&self.graph, &new_nodes, &changed, &touched);
+        Ok((seeds, fresh.len()))
+    }
+
+    /// Recomputes everything from Y.
+    pub fn full_update(&mut self) -> UpdateReport {
+        self.updates_since_full = 0;
+        self.f = full_pass(&self.graph, &self.y, &self.params()).0;
+        self.recompute_masses();
+        let all: Vec<u32> = (0..self.len() as u32).collect();
+        UpdateReport {
+            full_pass: true,
+            region: all.len(),
+            changes: self.collect_changes(&all),
+        }
+    }
+
+    /// Bulk load (rebuilds): inserts everything, then one full pass.
+    pub fn bulk_insert(&mut self, items: &[Insert]) -> anyhow::Result<()> {
+        self.insert_nodes(items)?;
+        Ok(())
+    }
+
+    /// Exact column sums (after a full pass or a load; incremental updates drift by rounding).
+    fn recompute_masses(&mut self) {
+        let c = self.classes;
+        self.mass_f = vec![0.0; c];
+        self.mass_y = vec![0.0; c];
+        for node in 0..self.len() as u32 {
+            Self::add_mass(&mut self.mass_f, &self.f, node, 1.0);
+            Self::add_mass(&mut self.mass_y, &self.y, node, 1.0);
+        }
+    }
+
+    fn collect_changes(&mut self, nodes: &[u32]) -> Vec<RefinedChange> {
+        let c = self.classes;
+        let scale = self.class_scale();
+        let mut changes = Vec::new();
+        for &node in nodes {
+            let new = self.refined_row(node, &scale);
+            let old_row = Self::row(&self.saved, node, c);
+            let old = if old_row[0].is_nan() {
+                None
+            } else {
+                Some(old_row.to_vec())
+            };
+            let moved = match (&old, &new) {
+                (None, None) => false,
+                (Some(a), Some(b)) => a
+                    .iter()
+                    .zip(b)
+                    .any(|(x, y)| (x - y).abs() > WRITE_TOLERANCE),
+                _ => true,
+            };
+            if !moved {
+                continue;
+            }
+            let label_changed =
+                old.as_deref().and_then(label_of) != new.as_deref().and_then(label_of);
+            let saved = &mut self.saved[node as usize * c..(node as usize + 1) * c];
+            match &new {
+                Some(r) => saved.copy_from_slice(r),
+                None => saved.iter_mut().for_each(|v| *v = f32::NAN),
+            }
+            changes.push(RefinedChange {
+                example_id: self.keys[node as usize],
+                refined: new,
+                label_changed,
+            });
+        }
+        changes
+    }
+
+    /// The current refined label of an example.
+    pub fn refined(&self, example_id: i64) -> Option<Vec<f32>> {
+        let &node = self.nodes.get(&example_id)?;
+        self.refined_row(node, &self.class_scale())
+    }
+
+    /// The example's graph neighbours (symmetrised kNN), most similar first.
+    pub fn neighbours(&self, example_id: i64, limit: usize) -> Vec<(i64, f32)> {
+        let Some(&node) = self.nodes.get(&example_id) else {
+            return vec![];
+        };
+        let mut out: Vec<(i64, f32)> = self
+            .graph
+            .neighbours(node)
+            .iter()
+            .map(|&(n, w)| (self.keys[n as usize], w))
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out.truncate(limit);
+        out
+    }
+
+    /// The weak aggregates the graph holds, for reconciling with the database.
+    pub fn weak_of(&self, example_id: i64) -> Option<Vec<f32>> {
+        let &node = self.nodes.get(&example_id)?;
+        let row = Self::row(&self.y, node, self.classes);
+        if row.iter().all(|&v| v == 0.0) {
+            None
+        } else {
+            Some(row.to_vec())
+        }
+    }
+
+    /// Overwrites the refined values the database is known to hold (after a load).
+    pub fn set_saved(&mut self, example_id: i64, refined: Option<&[f32]>) {
+        if let Some(&node) = self.nodes.get(&example_id) {
+            let c = self.classes;
+            let row = &mut self.saved[node as usize * c..(node as usize + 1) * c];
+            match refined {
+                Some(r) if r.len() == c => row.copy_from_slice(r),
+                _ => row.iter_mut().for_each(|v| *v = f32::NAN),
+            }
+        }
+    }
+
+    pub fn node_count_and_edges(&self) -> (usize, usize) {
+        (self.len(), self.graph.edge_count())
+    }
+
+    /// Saves `graph.bin` and the index it names into `dir`, each atomically; the index is
+    /// written first, so `graph.bin` never names a missing index.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let index_name = format!("index-{generation}.usearch");
+        self.index.save(&dir.join(&index_name))?;
+        let mut buf = Vec::new();
+        buf.extend_from_slice(MAGIC);
+        write_str(&mut buf, &index_name);
+        write_str(&mut buf, &self.encoder_id);
+        for v in [
+            self.index.dims() as u64,
+            self.classes as u64,
+            self.settings.k as u64,
+            self.keys.len() as u64,
+            self.updates_since_full as u64,
+        ] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        for key in &self.keys {
+            buf.extend_from_slice(&key.to_le_bytes());
+        }
+        for v in self.y.iter().chain(&self.f).chain(&self.saved) {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        for node in 0..self.keys.len() as u32 {
+            let list = self.graph.knn(node);
+            buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
+            for &(n, s) in list {
+                buf.extend_from_slice(&n.to_le_bytes());
+                buf.extend_from_slice(&s.to_le_bytes());
+            }
+        }
+        crate::model::manifest::write_atomic(&dir.join(GRAPH_FILE), &buf)?;
+        // Older index files are no longer named by graph.bin.
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with("index-") && name.ends_with(".usearch") && name != index_name {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a snapshot; any inconsistency (truncation, other dims/classes/k, an index of
+    /// another size) is an error, and the caller rebuilds from the database.
+    pub fn load(
+        dir: &Path,
+        dims: usize,
+        classes: usize,
+        settings: GraphSettings,
+    ) -> anyhow::Result<Self> {
+        let path = dir.join(GRAPH_FILE);
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .read_to_end(&mut bytes)?;
+        let mut r = Reader {
+            bytes: &bytes,
+            pos: 0,
+        };
+        if r.take(MAGIC.len())? != MAGIC {
+            bail!("{} is not a sw2s graph snapshot", path.display());
+        }
+        let index_name = r.string()?;
+        let encoder_id = r.string()?;
+        let (file_dims, file_classes, file_k, n, since_full) =
+            (r.u64()?, r.u64()?, r.u64()?, r.u64()? as usize, r.u64()?);
+        if (file_dims as usize, file_classes as usize, file_k as usize)
+            != (dims, classes, settings.k)
+        {
+            bail!("snapshot was made with other dims/classes/k");
+        }
+        let keys: Vec<i64> = (0..n).map(|_| r.i64()).collect::<anyhow::Result<_>>()?;
+        let mut floats =
+            |count: usize| -> anyhow::Result<Vec<f32>> { (0..count).map(|_| r.f32()).collect() };
+        let y = floats(n * classes)?;
+        let f = floats(n * classes)?;
+        let saved = floats(n * classes)?;
+        let mut graph = Graph::new(settings.k);
+        for _ in 0..n {
+            graph.add_node();
+        }
+        let mut lists = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = r.u32()? as usize;
+            let mut list = Vec::with_capacity(len);
+            for _ in 0..len {
+                let node = r.u32()?;
+                if node as usize >= n {
+                    bail!("snapshot names node {node} of {n}");
+                }
+                list.push((node, r.f32()?));
+            }
+            lists.push(list);
+        }
+        for (node, list) in lists.into_iter().enumerate() {
+            graph.set_knn(node as u32, list);
+        }
+        let index = VectorIndex::load(&dir.join(&index_name), dims)?;
+        if index.len() != n {
+            bail!("index holds {} vectors, snapshot {n}", index.len());
+        }
+        let nodes = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, i as u32))
+            .collect();
+        let mut graph = Self {
+            classes,
+            settings,
+            index,
+            keys,
+            nodes,
+            graph,
+            y,
+            f,
+            saved,
+            updates_since_full: since_full as u32,
+            mass_f: vec![],
+            mass_y: vec![],
+            encoder_id,
+        };
+        graph.recompute_masses();
+        Ok(graph)
+    }
+
+    pub fn snapshot_dir(data_dir: &Path, task_id: i64) -> PathBuf {
+        data_dir.join("graphs").join(format!("task-{task_id}"))
+    }
+}
+
+const MAGIC: &[u8] = b"SW2SGRAPH1";
+const GRAPH_FILE: &str = "graph.bin";
+
+fn write_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    buf.write_all(s.as_bytes()).ok();
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
+        if self.pos + n > self.bytes.len() {
+            bail!("snapshot is truncated");
+        }
+        let out = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+    fn u32(&mut self) -> anyhow::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into()?))
+    }
+    fn u64(&mut self) -> anyhow::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
+    }
+    fn i64(&mut self) -> anyhow::Result<i64> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into()?))
+    }
+    fn f32(&mut self) -> anyhow::Result<f32> {
+        Ok(f32::from_le_bytes(self.take(4)?.try_into()?))
+    }
+    fn string(&mut self) -> anyhow::Result<String> {
+        let len = self.u32()? as usize;
+        Ok(String::from_utf8(self.take(len)?.to_vec())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn settings() -> GraphSettings {
+        GraphSettings {
+            k: 5,
+            alpha: 0.5,
+            iterations: 10,
+            hops: 2,
+            full_pass_every: 1000,
+            class_balance: ClassBalance::None,
+            self_weight: 1.0,
+        }
+    }
+
+    fn random_unit(rng: &mut impl Rng, dims: usize) -> Vec<f32> {
+        let v: Vec<f32> = (0..dims).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn snapshot_round_trip_keeps_everything() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut g = TaskGraph::new(8, 2, settings(), "enc").unwrap();
+        let items: Vec<Insert> = (0..60)
+            .map(|i| Insert {
+                example_id: 100 + i,
+                embedding: Some(random_unit(&mut rng, 8)),
+                weak: (i % 3 != 0).then(|| crate::method::weak::one_hot((i % 2) as usize, 2)),
+            })
+            .collect();
+        let report = g.apply(&items).unwrap();
+        assert!(!report.changes.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        g.save(dir.path()).unwrap();
+        g.save(dir.path()).unwrap();
+        let indexes = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("index-")
+            })
+            .count();
+        assert_eq!(indexes, 1, "old index files are removed");
+        let loaded = TaskGraph::load(dir.path(), 8, 2, settings()).unwrap();
+        assert_eq!(loaded.len(), 60);
+        assert_eq!(loaded.encoder_id, "enc");
+        for i in 0..60 {
+            assert_eq!(loaded.refined(100 + i), g.refined(100 + i));
+            assert_eq!(loaded.neighbours(100 + i, 10), g.neighbours(100 + i, 10));
+        }
+        assert!(TaskGraph::load(dir.path(), 8, 3, settings()).is_err());
+        let file = dir.path().join(GRAPH_FILE);
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(TaskGraph::load(dir.path(), 8, 2, settings()).is_err());
+    }
+
+    #[test]
+    fn weak_label_update_of_a_known_example_propagates() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut g = TaskGraph::new(4, 2, settings(), "enc").unwrap();
+        let items: Vec<Insert> = (0..20)
+            .map(|i| Insert {
+                example_id: i,
+                embedding: Some(random_unit(&mut rng, 4)),
+                weak: None,
+            })
+            .collect();
+        let report = g.apply(&items).unwrap();
+        assert!(report.changes.is_empty(), "no weak evidence anywhere yet");
+        assert_eq!(g.refined(3), None);
+        let report = g
+            .apply(&[Insert {
+                example_id: 3,
+                embedding: None,
+                weak: Some(vec![0.0, 1.0]),
+            }])
+            .unwrap();
+        assert!(report
+            .changes
+            .iter()
+            .any(|c| c.example_id == 3 && c.label_changed));
+        assert_eq!(g.refined(3).map(|r| r[1] > 0.99), Some(true));
+        let neighbour = g.neighbours(3, 1)[0].0;
+        assert_eq!(g.refined(neighbour).and_then(|r| label_of(&r)), Some(1));
+        // A new example without an embedding is an error, not a panic.
+        assert!(g
+            .apply(&[Insert {
+                example_id: 99,
+                embedding: None,
+                weak: None
+            }])
+            .is_err());
+    }
+}

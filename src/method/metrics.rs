@@ -1,0 +1,131 @@
+//! Evaluation metrics: accuracy, AUROC, expected calibration error, Brier score.
+
+pub fn accuracy(pred: &[usize], gold: &[usize]) -> f64 {
+    if gold.is_empty() {
+        return f64::NAN;
+    }
+    pred.iter().zip(gold).filter(|(p, g)| p == g).count() as f64 / gold.len() as f64
+}
+
+/// Area under the ROC curve of `scores` for binary `labels` (Mann–Whitney U, ties count
+/// half). `None` when one class is absent.
+pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f64> {
+    let pos = labels.iter().filter(|&&l| l).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Average ranks over ties.
+    let mut rank_sum_pos = 0.0f64;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if labels[k] {
+                rank_sum_pos += avg_rank;
+            }
+        }
+        i = j + 1;
+    }
+    let u = rank_sum_pos - (pos * (pos + 1)) as f64 / 2.0;
+    Some(u / (pos as f64 * neg as f64))
+}
+
+/// Expected calibration error with `bins` equal-width bins.
+pub fn ece(probs: &[f32], outcomes: &[bool], bins: usize) -> f64 {
+    if probs.is_empty() {
+        return f64::NAN;
+    }
+    let mut count = vec![0usize; bins];
+    let mut conf = vec![0f64; bins];
+    let mut hits = vec![0f64; bins];
+    for (&p, &o) in probs.iter().zip(outcomes) {
+        let b = ((p.clamp(0.0, 1.0) * bins as f32) as usize).min(bins - 1);
+        count[b] += 1;
+        conf[b] += p as f64;
+        hits[b] += o as u8 as f64;
+    }
+    let n = probs.len() as f64;
+    (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| (count[b] as f64 / n) * ((conf[b] - hits[b]) / count[b] as f64).abs())
+        .sum()
+}
+
+pub fn brier(probs: &[f32], outcomes: &[bool]) -> f64 {
+    if probs.is_empty() {
+        return f64::NAN;
+    }
+    probs
+        .iter()
+        .zip(outcomes)
+        .map(|(&p, &o)| (p as f64 - o as u8 as f64).powi(2))
+        .sum::<f64>()
+        / probs.len() as f64
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auroc_known_values() {
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
+        assert_eq!(
+            auroc(&[0.5, 0.5, 0.5, 0.5], &[false, true, false, true]),
+            Some(0.5)
+        );
+        // One swapped pair out of four.
+        assert_eq!(
+            auroc(&[0.1, 0.6, 0.5, 0.9], &[false, false, true, true]),
+            Some(0.75)
+        );
+        assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
+    }
+
+    #[test]
+    fn calibration_metrics() {
+        let probs = [1.0, 1.0, 0.0, 0.0];
+        let outcomes = [true, true, false, false];
+        assert!(ece(&probs, &outcomes, 10) < 1e-9);
+        assert!(brier(&probs, &outcomes) < 1e-9);
+        let probs = [0.8; 10];
+        let outcomes: Vec<bool> = (0..10).map(|i| i < 5).collect();
+        assert!((ece(&probs, &outcomes, 10) - 0.3).abs() < 1e-6);
+        assert!((brier(&[0.5, 0.5], &[true, false]) - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn accuracy_and_spread() {
+        assert_eq!(accuracy(&[1, 0, 1, 1], &[1, 1, 1, 0]), 0.5);
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+    }
+}

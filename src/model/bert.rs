@@ -1,0 +1,333 @@
+//! A BERT encoder written against candle-core, trainable end to end.
+//!
+//! Why not `candle_transformers::models::bert`: its LayerNorm uses candle-nn's fused op, which
+//! has no backward pass, so every encoder weight silently gets a zero gradient (DESIGN.md §5).
+//! Here LayerNorm and softmax use the fused ops at inference and plain tensor ops when
+//! training; a test holds the two paths to the same output and checks every gradient.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// Whether a forward pass must be differentiable (and apply dropout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Inference,
+    Train,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Activation::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => candle_core::bail!("unsupported hidden_act {other:?}"),
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        match pass {
+            Pass::Inference => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
+            Pass::Train => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let centered = x.broadcast_sub(&mean)?;
+                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                normed
+                    .broadcast_mul(&self.weight)?
+                    .broadcast_add(&self.bias)
+            }
+        }
+    }
+}
+
+fn dropout(x: &Tensor, p: f64, pass: Pass) -> Result<Tensor> {
+    if pass == Pass::Train && p > 0.0 {
+        candle_nn::ops::dropout(x, p as f32)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+struct Embeddings {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    norm: LayerNorm,
+    dropout: f64,
+}
+
+impl Embeddings {
+    fn load(c: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            word: candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
+            position: candle_nn::embedding(
+                c.max_position_embeddings,
+                c.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type: candle_nn::embedding(
+                c.type_vocab_size,
+                c.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            norm: LayerNorm::load(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, type_ids: &Tensor, pass: Pass) -> Result<Tensor> {
+        let (_, seq) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
+        let x = self
+            .word
+            .forward(ids)?
+            .add(&self.token_type.forward(type_ids)?)?
+            .broadcast_add(&self.position.forward(&positions)?)?;
+        dropout(&self.norm.forward(&x, pass)?, self.dropout, pass)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+    head_dim: usize,
+    act: Activation,
+    hidden_dropout: f64,
+    attn_dropout: f64,
+}
+
+impl Layer {
+    fn load(c: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let h = c.hidden_size;
+        let att = vb.pp("attention");
+        Ok(Self {
+            query: candle_nn::linear(h, h, att.pp("self").pp("query"))?,
+            key: candle_nn::linear(h, h, att.pp("self").pp("key"))?,
+            value: candle_nn::linear(h, h, att.pp("self").pp("value"))?,
+            attn_out: candle_nn::linear(h, h, att.pp("output").pp("dense"))?,
+            attn_norm: LayerNorm::load(h, c.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            intermediate: candle_nn::linear(
+                h,
+                c.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            output: candle_nn::linear(c.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            out_norm: LayerNorm::load(h, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+            act: Activation::parse(&c.hidden_act)?,
+            hidden_dropout: c.hidden_dropout_prob,
+            attn_dropout: c.attention_probs_dropout_prob,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `mask_bias` is (batch, 1, 1, seq): 0 for tokens, a large negative value for padding.
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor, pass: Pass) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let q = self.split_heads(&self.query.forward(x)?)?;
+        let k = self.split_heads(&self.key.forward(x)?)?;
+        let v = self.split_heads(&self.value.forward(x)?)?;
+        let scores =
+            (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask_bias)?;
+        let probs = match pass {
+            Pass::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            Pass::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let probs = dropout(&probs, self.attn_dropout, pass)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let attn = dropout(&self.attn_out.forward(&ctx)?, self.hidden_dropout, pass)?;
+        let x = self.attn_norm.forward(&(attn + x)?, pass)?;
+        let inner = self.act.apply(&self.intermediate.forward(&x)?)?;
+        let out = dropout(&self.output.forward(&inner)?, self.hidden_dropout, pass)?;
+        self.out_norm.forward(&(out + x)?, pass)
+    }
+}
+
+pub struct Bert {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pub config: BertConfig,
+}
+
+impl Bert {
+    /// Builds the model from `vb` (names without a `bert.` prefix, see [`normalize_names`]).
+    /// `layers` keeps only the first N encoder layers (weak models in the experiment).
+    pub fn load(config: &BertConfig, vb: VarBuilder, layers: Option<usize>) -> Result<Self> {
+        if config.hidden_size % config.num_attention_heads != 0 {
+            candle_core::bail!("hidden_size is not a multiple of num_attention_heads");
+        }
+        let n = layers
+            .unwrap_or(config.num_hidden_layers)
+            .min(config.num_hidden_layers);
+        let enc = vb.pp("encoder").pp("layer");
+        Ok(Self {
+            embeddings: Embeddings::load(config, vb.pp("embeddings"))?,
+            layers: (0..n)
+                .map(|i| Layer::load(config, enc.pp(i)))
+                .collect::<Result<_>>()?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token states (batch, seq, hidden). `mask` is (batch, seq) with 1 for real tokens.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let mask_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
+        let mut x = self.embeddings.forward(ids, type_ids, pass)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask_bias, pass)?;
+        }
+        Ok(x)
+    }
+
+    /// Mean pooling over real tokens, then L2 normalisation: sentence-transformers' recipe.
+    pub fn embed(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let states = self.forward(ids, type_ids, mask, pass)?;
+        mean_pool_normalize(&states, mask)
+    }
+}
+
+pub fn mean_pool_normalize(states: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let summed = states.broadcast_mul(&mask)?.sum(1)?;
+    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
+    let mean = summed.broadcast_div(&counts)?;
+    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    mean.broadcast_div(&norm)
+}
+
+/// Maps checkpoint names to ours: strips a `bert.` prefix and renames old-style LayerNorm
+/// `gamma`/`beta`. Pooler and MLM-head weights are dropped.
+pub fn normalize_names(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    tensors
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let name = name.strip_prefix("bert.").unwrap_or(&name).to_string();
+            if !(name.starts_with("embeddings.") || name.starts_with("encoder.")) {
+                return None;
+            }
+            let name = if let Some(stem) = name.strip_suffix(".gamma") {
+                format!("{stem}.weight")
+            } else if let Some(stem) = name.strip_suffix(".beta") {
+                format!("{stem}.bias")
+            } else {
+                name
+            };
+            Some((name, t))
+        })
+        .collect()
+}
+
+/// Loads and normalises the weights of a safetensors file into F32 tensors.
+pub fn load_weights(path: &std::path::Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let tensors = candle_core::safetensors::load(path, device)?;
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok(normalize_names(tensors))
+}

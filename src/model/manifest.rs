@@ -1,0 +1,136 @@
+//! Model versions: a directory of safetensors files plus `manifest.json`, written under a
+//! temporary name and renamed into place, so a reader never sees half a version. The same
+//! heads and manifest are stored in the database, which is what serving reads.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::heads::Heads;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EncoderRef {
+    /// The base model, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
+    pub id: String,
+    /// sha256 of the base model's `model.safetensors`.
+    pub sha256: String,
+    pub dims: usize,
+    /// True for `full` jobs: the version carries its own encoder weights.
+    pub fine_tuned: bool,
+    /// sha256 of the fine-tuned `encoder.safetensors`, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PikInfo {
+    /// `trained`: a P(IK) head trained on gold labels; `msp`: too few gold labels, the
+    /// classifier's maximum softmax probability stands in (see README, "P(IK) fallback").
+    pub source: String,
+    /// Why this source was chosen.
+    pub reason: String,
+    /// Selection threshold τ.
+    pub tau: f64,
+    /// `fixed` (task setting) or `fitted` (on held-out gold).
+    pub tau_source: String,
+    pub gold_examples: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Manifest {
+    pub format: u32,
+    pub task: String,
+    pub version: i64,
+    pub labels: Vec<String>,
+    pub encoder: EncoderRef,
+    /// `head` or `full`.
+    pub mode: String,
+    pub job_id: Option<i64>,
+    pub created_at: i64,
+    pub pik: PikInfo,
+    /// Evaluation on held-out data (accuracy, P(IK) AUROC / ECE / Brier, …).
+    #[schema(value_type = Object)]
+    pub metrics: Value,
+    /// Training settings and curve summary.
+    #[schema(value_type = Object)]
+    pub training: Value,
+}
+
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// `DATA_DIR/versions/task-<id>/v<version>`.
+pub fn version_dir(data_dir: &Path, task_id: i64, version: i64) -> PathBuf {
+    data_dir
+        .join("versions")
+        .join(format!("task-{task_id}"))
+        .join(format!("v{version}"))
+}
+
+/// Writes `heads.safetensors`, `manifest.json` and any extra files (a fine-tuned encoder) to
+/// a temporary directory beside the target, syncs them and renames the directory into place.
+pub fn write_version_dir(
+    dir: &Path,
+    manifest: &Manifest,
+    heads: &Heads,
+    extra: &[(&str, &Path)],
+) -> anyhow::Result<()> {
+    let parent = dir.parent().context("version dir has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(parent)?;
+    write_synced(
+        &staging.path().join("heads.safetensors"),
+        &heads.to_safetensors()?,
+    )?;
+    write_synced(
+        &staging.path().join("manifest.json"),
+        serde_json::to_string_pretty(manifest)?.as_bytes(),
+    )?;
+    for (name, source) in extra {
+        let target = staging.path().join(name);
+        if std::fs::hard_link(source, &target).is_err() {
+            std::fs::copy(source, &target)
+                .with_context(|| format!("copying {}", source.display()))?;
+        }
+        std::fs::File::open(&target)?.sync_all()?;
+    }
+    let staged = staging.keep();
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(&staged, dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    sync_dir(parent);
+    Ok(())
+}
+
+/// Writes a file and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Best effort: makes a rename durable.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let parent = path.parent().context("path has no parent")?;
+    std::fs::create_dir_all(parent)?;
+    let tmp = tempfile::NamedTempFile::new_in(parent)?;
+    write_synced(tmp.path(), bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(parent);
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! A tiny random BERT written to a directory, for tests that need the model's plumbing but
+//! not its knowledge (the real MiniLM is used wherever behaviour depends on it).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::bert::BertConfig;
+
+pub const TINY_HIDDEN: usize = 32;
+
+/// Characters the tiny vocabulary spells words with (lowercase after normalisation).
+const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789";
+const PUNCT: &str = ".,!?;:'\"-()";
+
+pub fn tiny_config(vocab_size: usize) -> BertConfig {
+    BertConfig {
+        vocab_size,
+        hidden_size: TINY_HIDDEN,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        hidden_act: "gelu".into(),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        max_position_embeddings: 64,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 0,
+        model_type: Some("bert".into()),
+    }
+}
+
+fn vocab() -> Vec<String> {
+    let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for c in ALPHABET.chars().chain(PUNCT.chars()) {
+        v.push(c.to_string());
+    }
+    for c in ALPHABET.chars() {
+        v.push(format!("##{c}"));
+    }
+    v
+}
+
+/// Writes config.json, model.safetensors and tokenizer.json of a random 2-layer BERT with
+/// a character-level WordPiece vocabulary and a 64-token limit.
+pub fn write_tiny_bert(dir: &Path, seed: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let vocab = vocab();
+    let config = tiny_config(vocab.len());
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    std::fs::write(
+        dir.join(super::fetch::MODEL_ID_FILE),
+        "sw2s/tiny-random-bert",
+    )?;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let h = config.hidden_size;
+    let i = config.intermediate_size;
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        (
+            "embeddings.word_embeddings.weight".into(),
+            vec![config.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![config.max_position_embeddings, h],
+        ),
+        ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+        ("embeddings.LayerNorm.weight".into(), vec![h]),
+        ("embeddings.LayerNorm.bias".into(), vec![h]),
+    ];
+    for l in 0..config.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        for (name, shape) in [
+            ("attention.self.query", vec![h, h]),
+            ("attention.self.key", vec![h, h]),
+            ("attention.self.value", vec![h, h]),
+            ("attention.output.dense", vec![h, h]),
+            ("intermediate.dense", vec![i, h]),
+            ("output.dense", vec![h, i]),
+        ] {
+            let out = shape[0];
+            shapes.push((format!("{p}.{name}.weight"), shape));
+            shapes.push((format!("{p}.{name}.bias"), vec![out]));
+        }
+        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            shapes.push((format!("{p}.{norm}.weight"), vec![h]));
+            shapes.push((format!("{p}.{norm}.bias"), vec![h]));
+        }
+    }
+    let mut data: HashMap<String, (Vec<usize>, Vec<u8>)> = HashMap::new();
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = if name.contains("LayerNorm.weight") {
+            (0..n).map(|_| 1.0 + rng.gen_range(-0.1..0.1)).collect()
+        } else if name.ends_with(".bias") {
+            (0..n).map(|_| rng.gen_range(-0.02..0.02)).collect()
+        } else {
+            (0..n).map(|_| rng.gen_range(-0.1..0.1)).collect()
+        };
+        data.insert(
+            name,
+            (shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        );
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(name, (shape, bytes))| {
+            Ok((
+                name.clone(),
+                safetensors::tensor::TensorView::new(
+                    safetensors::tensor::Dtype::F32,
+                    shape.clone(),
+                    bytes,
+                )?,
+            ))
+        })
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    safetensors::serialize_to_file(views, &None, &dir.join("model.safetensors"))?;
+
+    let ids: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let special = |t: &str, id: usize| json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": {"direction": "Right", "max_length": 16, "strategy": "LongestFirst", "stride": 0},
+        "padding": {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"},
+        "added_tokens": [special("[PAD]", 0), special("[UNK]", 1), special("[CLS]", 2), special("[SEP]", 3), special("[MASK]", 4)],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}
+            }
+        },
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": ids}
+    });
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(&tokenizer)?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! Each task's graph in memory: loaded from its snapshot or rebuilt from stored embeddings,
+//! kept in step with the database, and "settling" examples whose inputs changed (graph
+//! update, refined labels written back, decisions recomputed).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{dist_json, parse_dist, Service, TaskCtx};
+use crate::error::{Error, Result};
+use crate::graph::{Insert, TaskGraph, UpdateReport};
+use crate::store::bytes_to_f32s;
+use crate::store::examples::{self, GraphRow};
+
+pub struct Slot {
+    pub graph: Option<TaskGraph>,
+    updates_since_save: u32,
+    last_save: Instant,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    slots: std::sync::Mutex<HashMap<i64, Arc<Mutex<Slot>>>>,
+}
+
+impl Registry {
+    fn slot(&self, task_id: i64) -> Arc<Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .entry(task_id)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Slot {
+                    graph: None,
+                    updates_since_save: 0,
+                    last_save: Instant::now(),
+                }))
+            })
+            .clone()
+    }
+
+    pub fn remove(&self, task_id: i64) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.remove(&task_id);
+    }
+
+    pub async fn save_all(&self, data_dir: &Path) {
+        let slots: Vec<(i64, Arc<Mutex<Slot>>)> = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.iter().map(|(k, v)| (*k, v.clone())).collect()
+        };
+        for (task_id, slot) in slots {
+            let mut slot = slot.lock().await;
+            if slot.updates_since_save > 0 {
+                if let Some(graph) = &slot.graph {
+                    match graph.save(&TaskGraph::snapshot_dir(data_dir, task_id)) {
+                        Ok(()) => slot.updates_since_save = 0,
+                        Err(e) => {
+                            tracing::warn!(task_id, error = %e, "saving graph snapshot failed")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What settling did.
+#[derive(Debug, Clone, Default)]
+pub struct SettleReport {
+    pub graph_version: i64,
+    pub full_pass: bool,
+    pub region: usize,
+    pub refined_changed: usize,
+    pub decisions: Vec<super::decide::Current>,
+}
+
+const PAGE: i64 = 2000;
+
+fn to_insert(row: &GraphRow, with_embedding: bool) -> Insert {
+    Insert {
+        example_id: row.id,
+        embedding: if with_embedding {
+            row.embedding.as_deref().map(bytes_to_f32s)
+        } else {
+            None
+        },
+        weak: parse_dist(row.weak.as_deref()),
+    }
+}
+
+impl Service {
+    /// Locks the task's graph, loading or rebuilding it when absent or stale, and catches up
+    /// with examples other processes (or a crash) left out.
+    pub async fn graph_guard(&self, task: &TaskCtx) -> Result<OwnedMutexGuard<Slot>> {
+        let (_, encoder_id) = self.task_encoder(task).await?;
+        let mut slot = self.graphs.slot(task.id).lock_owned().await;
+        let stale = match &slot.graph {
+            Some(g) => g.encoder_id != encoder_id || g.settings() != task.settings.graph(),
+            None => true,
+        };
+        if stale {
+            slot.graph = None;
+            let graph = self.load_graph(task, &encoder_id).await?;
+            slot.graph = Some(graph);
+            slot.updates_since_save = 1;
+        }
+        let graph = slot
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("graph missing")))?;
+        self.catch_up(task, graph).await?;
+        Ok(slot)
+    }
+
+    async fn load_graph(&self, task: &TaskCtx, encoder_id: &str) -> Result<TaskGraph> {
+        let dims = self.model.info.dims;
+        let dir = TaskGraph::snapshot_dir(&self.data_dir, task.id);
+        let settings = task.settings.graph();
+        let loaded =
+            tokio::task::block_in_place(|| TaskGraph::load(&dir, dims, task.k(), settings));
+        let mut graph = match loaded {
+            Ok(g) if g.encoder_id == encoder_id => {
+                tracing::info!(task = %task.name, nodes = g.len(), "graph snapshot loaded");
+                g
+            }
+            other => {
+                match other {
+                    Err(e) if dir.exists() => {
+                        tracing::warn!(task = %task.name, error = %e, "graph snapshot unusable; rebuilding")
+                    }
+                    Ok(_) => {
+                        tracing::info!(task = %task.name, "graph snapshot is for another encoder; rebuilding")
+                    }
+                    Err(_) => {}
+                }
+                self.rebuild_graph(task, encoder_id).await?
+            }
+        };
+        self.reconcile(task, &mut graph).await?;
+        Ok(graph)
+    }
+
+    /// Builds the graph from every stored embedding of the task made by `encoder_id`.
+    async fn rebuild_graph(&self, task: &TaskCtx, encoder_id: &str) -> Result<TaskGraph> {
+        let total = crate::store::tasks::counts(self.store.pool(), task.id)
+            .await?
+            .embedded;
+        let mut graph = TaskGraph::new(
+            self.model.info.dims,
+            task.k(),
+            task.settings.graph(),
+            encoder_id,
+        )
+        .map_err(Error::Internal)?;
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let mut after = 0;
+        loop {
+            let rows =
+                examples::graph_rows_page(self.store.pool(), task.id, after, PAGE, true).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            let inserts: Vec<Insert> = rows
+                .iter()
+                .filter(|r| r.encoder_id.as_deref() == Some(encoder_id))
+                .map(|r| to_insert(r, true))
+                .collect();
+            tokio::task::block_in_place(|| graph.bulk_insert(&inserts)).map_err(Error::Internal)?;
+            if last_log.elapsed() > Duration::from_secs(5) {
+                tracing::info!(task = %task.name, done = graph.len(), total, "rebuilding graph");
+                last_log = Instant::now();
+            }
+        }
+        tracing::info!(
+            task = %task.name,
+            nodes = graph.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "graph rebuilt from stored embeddings"
+        );
+        Ok(graph)
+    }
+
+    /// Aligns a loaded graph with the database: weak labels changed since the snapshot, and
+    /// the refined labels the database holds (so only real changes are written back).
+    async fn reconcile(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
+        let mut after = 0;
+        let mut changed_weak = Vec::new();
+        loop {
+            let rows =
+                examples::graph_rows_page(self.store.pool(), task.id, after, PAGE * 5, false)
+                    .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            for row in &rows {
+                if !graph.contains(row.id) {
+                    continue;
+                }
+                let weak = parse_dist(row.weak.as_deref());
+                if graph.weak_of(row.id) != weak {
+                    changed_weak.push(to_insert(row, false));
+                }
+                graph.set_saved(row.id, parse_dist(row.refined.as_deref()).as_deref());
+            }
+        }
+        let report = tokio::task::block_in_place(|| -> anyhow::Result<UpdateReport> {
+            graph.apply(&changed_weak)?;
+            Ok(graph.full_update())
+        })
+        .map_err(Error::Internal)?;
+        self.write_refined(task, &report).await?;
+        Ok(())
+    }
+
+    /// Adds embedded examples newer than the graph's newest node.
+    async fn catch_up(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
+        let mut after = graph.max_example_id();
+        loop {
+            let rows =
+                examples::graph_rows_page(self.store.pool(), task.id, after, PAGE, true).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            let inserts: Vec<Insert> = rows
+                .iter()
+                .filter(|r| r.encoder_id.as_deref() == Some(graph.encoder_id.as_str()))
+                .map(|r| to_insert(r, true))
+                .collect();
+            if inserts.is_empty() {
+                continue;
+            }
+            let ids: Vec<i64> = inserts.iter().map(|i| i.example_id).collect();
+            let report =
+                tokio::task::block_in_place(|| graph.apply(&inserts)).map_err(Error::Internal)?;
+            let version = self.write_refined(task, &report).await?;
+            let mut redo: BTreeSet<i64> = ids.into_iter().collect();
+            redo.extend(
+                report
+                    .changes
+                    .iter()
+                    .filter(|c| c.label_changed)
+                    .map(|c| c.example_id),
+            );
+            let redo: Vec<i64> = redo.into_iter().collect();
+            self.redecide(task, &redo, version, "catch-up").await?;
+        }
+        Ok(())
+    }
+
+    /// Writes refined labels that moved and bumps the task's graph version; returns it.
+    async fn write_refined(&self, task: &TaskCtx, report: &UpdateReport) -> Result<i64> {
+        let updates: Vec<(i64, String, Option<i64>)> = report
+            .changes
+            .iter()
+            .map(|c| {
+                let json = c
+                    .refined
+                    .as_deref()
+                    .map(dist_json)
+                    .unwrap_or_else(|| "null".into());
+                let label = c
+                    .refined
+                    .as_deref()
+                    .and_then(crate::method::weak::argmax)
+                    .map(|l| l as i64);
+                (c.example_id, json, label)
+            })
+            .collect();
+        let mut tx = self.store.begin_write().await?;
+        let version = crate::store::tasks::bump_graph_version(tx.conn(), task.id).await?;
+        examples::set_refined(tx.conn(), &updates).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// Brings examples whose inputs changed up to date: graph, refined labels, decisions.
+    pub async fn settle(&self, task: &TaskCtx, ids: &[i64], trigger: &str) -> Result<SettleReport> {
+        let mut slot = self.graph_guard(task).await?;
+        let rows = examples::graph_rows_of(self.store.pool(), ids).await?;
+        let graph = slot
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("graph missing")))?;
+        let inserts: Vec<Insert> = rows
+            .iter()
+            .filter(|r| {
+                graph.contains(r.id) || r.encoder_id.as_deref() == Some(graph.encoder_id.as_str())
+            })
+            .map(|r| to_insert(r, !graph.contains(r.id)))
+            .collect();
+        let report =
+            tokio::task::block_in_place(|| graph.apply(&inserts)).map_err(Error::Internal)?;
+        let graph_version = self.write_refined(task, &report).await?;
+        slot.updates_since_save += 1;
+        if slot.updates_since_save >= 20 || slot.last_save.elapsed() > Duration::from_secs(60) {
+            let dir = TaskGraph::snapshot_dir(&self.data_dir, task.id);
+            if let Some(graph) = &slot.graph {
+                match tokio::task::block_in_place(|| graph.save(&dir)) {
+                    Ok(()) => {
+                        slot.updates_since_save = 0;
+                        slot.last_save = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %task.name, error = %e, "saving graph snapshot failed")
+                    }
+                }
+            }
+        }
+        let mut redo: BTreeSet<i64> = ids.iter().copied().collect();
+        redo.extend(
+            report
+                .changes
+                .iter()
+                .filter(|c| c.label_changed)
+                .map(|c| c.example_id),
+        );
+        let redo: Vec<i64> = redo.into_iter().collect();
+        let decisions = self.redecide(task, &redo, graph_version, trigger).await?;
+        drop(slot);
+        Ok(SettleReport {
+            graph_version,
+            full_pass: report.full_pass,
+            region: report.region,
+            refined_changed: report.changes.len(),
+            decisions,
+        })
+    }
+
+    /// Settles every example left dirty (a crash between commit and decision, or another
+    /// process's writes). Run by the scheduler.
+    pub async fn settle_dirty(&self) -> Result<usize> {
+        let mut total = 0;
+        for task_id in examples::tasks_with_dirty(self.store.pool()).await? {
+            let Some(task) = self.task_by_id(task_id).await? else {
+                continue;
+            };
+            let mut after = 0;
+            loop {
+                let ids = examples::dirty_ids(self.store.pool(), task.id, after, 500).await?;
+                let Some(&last) = ids.last() else { break };
+                after = last;
+                self.settle(&task, &ids, "recovery").await?;
+                total += ids.len();
+            }
+        }
+        Ok(total)
+    }
+
+    /// Drops a task's graph from memory and disk (task deleted or re-embedded).
+    pub fn forget_graph(&self, task_id: i64, remove_snapshot: bool) {
+        self.graphs.remove(task_id);
+        if remove_snapshot {
+            let _ = std::fs::remove_dir_all(TaskGraph::snapshot_dir(&self.data_dir, task_id));
+        }
+    }
+
+    /// Neighbours and the in-memory refined label of one example, for explanations.
+    pub async fn neighbours(
+        &self,
+        task: &TaskCtx,
+        example_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, f32)>> {
+        let slot = self.graph_guard(task).await?;
+        Ok(slot
+            .graph
+            .as_ref()
+            .map(|g| g.neighbours(example_id, limit))
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,126 @@
+//! Model versions of a task: listing and activation (roll back or forward).
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::jobs::JobView;
+use super::Service;
+use crate::error::{Error, Result};
+use crate::model::manifest::Manifest;
+use crate::store::{examples, models, now_ms};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelVersionView {
+    pub version: i64,
+    pub active: bool,
+    pub created_at: i64,
+    pub job_id: Option<i64>,
+    pub manifest: Manifest,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    pub active_version: Option<i64>,
+    pub versions: Vec<ModelVersionView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Activation {
+    /// The version serving now (unchanged while a re-embedding job runs).
+    pub active_version: Option<i64>,
+    /// Set when the version uses another encoder: a job re-embeds the task, then activates it.
+    pub job: Option<JobView>,
+    pub message: String,
+}
+
+impl Service {
+    pub async fn list_models(&self, task_name: &str) -> Result<ModelList> {
+        let task = self.task(task_name).await?;
+        let rows = models::list(self.store.pool(), task.id).await?;
+        let mut versions = Vec::with_capacity(rows.len());
+        let mut active_version = None;
+        for r in rows {
+            let manifest: Manifest = serde_json::from_str(&r.manifest).map_err(|e| {
+                Error::Internal(anyhow::anyhow!(
+                    "version {} has a corrupt manifest: {e}",
+                    r.version
+                ))
+            })?;
+            let active = task.active_version_id == Some(r.id);
+            if active {
+                active_version = Some(r.version);
+            }
+            versions.push(ModelVersionView {
+                version: r.version,
+                active,
+                created_at: r.created_at,
+                job_id: r.job_id,
+                manifest,
+            });
+        }
+        Ok(ModelList {
+            active_version,
+            versions,
+        })
+    }
+
+    /// Makes `version` the serving version. With the same encoder as now this is immediate
+    /// (decisions are re-scored in the background); with another encoder a job re-embeds
+    /// the task first.
+    pub async fn activate(&self, task_name: &str, version: i64) -> Result<(bool, Activation)> {
+        let task = self.task(task_name).await?;
+        let row = models::by_version(self.store.pool(), task.id, version)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(format!("task {task_name:?} has no model version {version}"))
+            })?;
+        let current = self.active_version(&task).await?.map(|v| v.version);
+        if task.active_version_id == Some(row.id) {
+            return Ok((
+                false,
+                Activation {
+                    active_version: current,
+                    job: None,
+                    message: format!("version {version} is already active"),
+                },
+            ));
+        }
+        let target = self.load_version(row.id).await?;
+        let (_, encoder_now) = self.task_encoder(&task).await?;
+        if target.encoder_id != encoder_now {
+            let job = self
+                .enqueue_job(
+                    &task,
+                    "reembed",
+                    "activate",
+                    json!({ "version_id": row.id }),
+                    None,
+                )
+                .await?;
+            return Ok((
+                true,
+                Activation {
+                    active_version: current,
+                    job: Some(self.job_view(&task, job)),
+                    message: format!("version {version} uses another encoder: a job re-embeds the task, then activates it"),
+                },
+            ));
+        }
+        let mut tx = self.store.begin_write().await?;
+        crate::store::tasks::set_active_version(tx.conn(), task.id, Some(row.id), now_ms()).await?;
+        let dirty = examples::mark_task_dirty(tx.conn(), task.id).await?;
+        tx.commit().await?;
+        tracing::info!(task = %task.name, version, "model version activated");
+        Ok((
+            false,
+            Activation {
+                active_version: Some(version),
+                job: None,
+                message: format!(
+                    "version {version} is active; {dirty} examples are being re-scored"
+                ),
+            },
+        ))
+    }
+}

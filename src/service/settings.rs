@@ -1,0 +1,248 @@
+//! Per-task settings, with defaults meant for any labeling task (README, "Task settings").
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::graph::{ClassBalance, GraphSettings};
+use crate::method::pik::PikFeatures;
+use crate::method::training::TrainConfig;
+
+/// τ: a fixed threshold, or `"fit"` to choose it on gold labels at each training job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Tau {
+    Fixed(f32),
+    /// The string `"fit"`.
+    Named(String),
+}
+
+impl Tau {
+    pub fn fixed(&self) -> Option<f32> {
+        match self {
+            Tau::Fixed(v) => Some(*v),
+            Tau::Named(_) => None,
+        }
+    }
+}
+
+/// What the classification head is trained on at a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Targets {
+    /// One-hot current decisions.
+    Hard,
+    /// Gold and strong decisions one-hot; weak-refined decisions as their refined distribution.
+    Soft,
+}
+
+/// Which examples train the classification head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainOn {
+    /// Every example with a decision (strong self-labels included).
+    Decided,
+    /// Gold and weak-refined decisions only: the strong model's own picks do not train it.
+    GoldAndWeak,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobMode {
+    /// Frozen encoder: train the heads on stored embeddings (seconds).
+    Head,
+    /// Fine-tune encoder and head, then re-embed the task (minutes to hours on a CPU).
+    Full,
+}
+
+impl JobMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobMode::Head => "head",
+            JobMode::Full => "full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskSettings {
+    /// Neighbours per example in the similarity graph.
+    pub knn_k: usize,
+    /// Label spreading: weight of the neighbours against the example's own weak label.
+    pub alpha: f32,
+    /// Most label spreading iterations per pass (a pass stops earlier once converged).
+    pub iterations: usize,
+    /// Incremental smoothing re-runs this many hops around new examples.
+    pub hops: usize,
+    /// Every this many incremental updates, a full smoothing pass.
+    pub full_pass_every: u32,
+    /// How classes are weighed in the refined label: `uniform` (default), `weak_prior` or
+    /// `none` (see README, "Graph smoothing").
+    pub class_balance: ClassBalance,
+    /// Weight of an example's own weak label in its refined label against its neighbours'
+    /// (1: plain label spreading, 0: neighbours only).
+    pub self_weight: f32,
+    /// Selection threshold on P(IK): a number, or "fit".
+    #[schema(value_type = Object)]
+    pub tau: Tau,
+    /// Gold labels needed to train a P(IK) head; below it the fallback (MSP) is used.
+    pub pik_min_gold: usize,
+    pub pik_features: PikFeatures,
+    pub targets: Targets,
+    pub train_on: TrainOn,
+    /// Mode of jobs started by the schedule or the new-example trigger.
+    pub job_mode: JobMode,
+    /// Start a job after this many new examples (none: off).
+    pub job_every_new_examples: Option<u64>,
+    /// Start a job this many seconds after the last one (none: off).
+    pub job_every_secs: Option<u64>,
+    /// Head training.
+    pub train: TrainConfig,
+    /// Encoder fine-tuning (`full` jobs).
+    pub finetune: FinetuneConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinetuneConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    /// Longest training input in tokens (shorter is faster).
+    pub max_tokens: usize,
+    /// Most training examples (a random sample beyond it).
+    pub max_examples: usize,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 2,
+            lr: 3e-5,
+            batch_size: 16,
+            max_tokens: 128,
+            max_examples: 20_000,
+        }
+    }
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self {
+            knn_k: 10,
+            alpha: 0.9,
+            iterations: 100,
+            hops: 2,
+            full_pass_every: 50,
+            class_balance: ClassBalance::Uniform,
+            self_weight: 0.5,
+            tau: Tau::Fixed(0.5),
+            pik_min_gold: 50,
+            pik_features: PikFeatures::Probs,
+            targets: Targets::Hard,
+            train_on: TrainOn::Decided,
+            job_mode: JobMode::Head,
+            job_every_new_examples: None,
+            job_every_secs: None,
+            train: TrainConfig::default(),
+            finetune: FinetuneConfig::default(),
+        }
+    }
+}
+
+impl TaskSettings {
+    /// Checks ranges; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=100).contains(&self.knn_k) {
+            return Err("knn_k must be in 1..=100".into());
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err("alpha must be in (0, 1)".into());
+        }
+        if !(1..=1000).contains(&self.iterations) {
+            return Err("iterations must be in 1..=1000".into());
+        }
+        if !(0.0..=1.0).contains(&self.self_weight) {
+            return Err("self_weight must be in [0, 1]".into());
+        }
+        if self.hops > 6 {
+            return Err("hops must be in 0..=6".into());
+        }
+        if self.full_pass_every == 0 {
+            return Err("full_pass_every must be at least 1".into());
+        }
+        match &self.tau {
+            Tau::Fixed(t) if !(0.0..=1.0).contains(t) => {
+                return Err("tau must be in [0, 1] or \"fit\"".into())
+            }
+            Tau::Named(s) if s != "fit" => {
+                return Err("tau must be a number in [0, 1] or \"fit\"".into())
+            }
+            _ => {}
+        }
+        if self.pik_min_gold < 10 {
+            return Err("pik_min_gold must be at least 10".into());
+        }
+        if self.job_every_new_examples == Some(0) || self.job_every_secs == Some(0) {
+            return Err(
+                "job_every_new_examples and job_every_secs must be positive (or null)".into(),
+            );
+        }
+        self.train.validate()?;
+        let f = &self.finetune;
+        if f.epochs == 0
+            || f.epochs > 100
+            || !(f.lr > 0.0 && f.lr < 1.0)
+            || f.batch_size == 0
+            || f.max_tokens < 8
+            || f.max_examples == 0
+        {
+            return Err("finetune: epochs 1..=100, lr in (0, 1), batch_size ≥ 1, max_tokens ≥ 8, max_examples ≥ 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn graph(&self) -> GraphSettings {
+        GraphSettings {
+            k: self.knn_k,
+            alpha: self.alpha,
+            iterations: self.iterations,
+            hops: self.hops,
+            full_pass_every: self.full_pass_every,
+            class_balance: self.class_balance,
+            self_weight: self.self_weight,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let s = TaskSettings::default();
+        s.validate().unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<TaskSettings>(&json).unwrap(), s);
+        let partial: TaskSettings = serde_json::from_str(r#"{"knn_k": 5, "tau": "fit"}"#).unwrap();
+        assert_eq!(partial.knn_k, 5);
+        assert_eq!(partial.tau, Tau::Named("fit".into()));
+        partial.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        assert!(serde_json::from_str::<TaskSettings>(r#"{"nope": 1}"#).is_err());
+        let bad = TaskSettings {
+            alpha: 1.0,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("alpha"));
+        let bad = TaskSettings {
+            tau: Tau::Named("auto".into()),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("tau"));
+    }
+}

@@ -1,0 +1,260 @@
+//! Tasks: create, read, change settings, delete.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{Service, TaskCtx, TaskSettings};
+use crate::error::{Error, Result};
+use crate::store::{is_unique_violation, now_ms, tasks};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    /// 1–64 characters: letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// The label set, 2–1000 distinct names, in a fixed order.
+    pub labels: Vec<String>,
+    /// Any subset of the settings; the rest take their defaults.
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTask {
+    /// Settings to change; the others keep their values.
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub settings: TaskSettings,
+    pub created_at: i64,
+    /// The version serving predictions; null until a job has trained one.
+    pub active_model_version: Option<i64>,
+    pub graph_version: i64,
+    pub examples: i64,
+    pub gold_examples: i64,
+    /// Current decisions by source (`undecided` for examples not settled yet).
+    pub decisions: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<TaskView>,
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(Error::invalid(
+            "invalid_task_name",
+            "name must have 1 to 64 characters from letters, digits, '-', '_' and '.'",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &[String]) -> Result<()> {
+    if labels.len() < 2 || labels.len() > 1000 {
+        return Err(Error::invalid(
+            "invalid_labels",
+            "a task needs 2 to 1000 labels",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for l in labels {
+        if l.trim().is_empty() || l.chars().count() > 200 {
+            return Err(Error::invalid(
+                "invalid_labels",
+                "labels must be non-empty and at most 200 characters",
+            ));
+        }
+        if !seen.insert(l.as_str()) {
+            return Err(Error::invalid(
+                "invalid_labels",
+                format!("label {l:?} appears twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Applies a partial settings object over `base`; unknown or out-of-range fields are 422.
+fn merge_settings(base: &TaskSettings, patch: Option<&serde_json::Value>) -> Result<TaskSettings> {
+    let mut value = serde_json::to_value(base).map_err(|e| Error::Internal(e.into()))?;
+    if let Some(patch) = patch {
+        let serde_json::Value::Object(patch) = patch else {
+            return Err(Error::invalid(
+                "invalid_settings",
+                "settings must be an object",
+            ));
+        };
+        merge_json(&mut value, patch);
+    }
+    let settings: TaskSettings = serde_json::from_value(value)
+        .map_err(|e| Error::invalid("invalid_settings", format!("settings: {e}")))?;
+    settings
+        .validate()
+        .map_err(|e| Error::invalid("invalid_settings", format!("settings: {e}")))?;
+    Ok(settings)
+}
+
+fn merge_json(target: &mut serde_json::Value, patch: &serde_json::Map<String, serde_json::Value>) {
+    let serde_json::Value::Object(target) = target else {
+        return;
+    };
+    for (k, v) in patch {
+        match (target.get_mut(k), v) {
+            (Some(t @ serde_json::Value::Object(_)), serde_json::Value::Object(p)) => {
+                merge_json(t, p)
+            }
+            _ => {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+impl Service {
+    pub async fn create_task(&self, req: CreateTask) -> Result<TaskView> {
+        validate_name(&req.name)?;
+        validate_labels(&req.labels)?;
+        let settings = merge_settings(&TaskSettings::default(), req.settings.as_ref())?;
+        let labels = serde_json::to_string(&req.labels).map_err(|e| Error::Internal(e.into()))?;
+        let settings_json =
+            serde_json::to_string(&settings).map_err(|e| Error::Internal(e.into()))?;
+        let mut tx = self.store.begin_write().await?;
+        let row = match tasks::insert(tx.conn(), &req.name, &labels, &settings_json, now_ms()).await
+        {
+            Ok(row) => row,
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::conflict(
+                    "task_exists",
+                    format!("a task named {:?} already exists", req.name),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        // A task of this id may have left files behind (ids are not reused, but be safe).
+        self.forget_graph(row.id, true);
+        self.task_view(TaskCtx::from_row(row)?).await
+    }
+
+    pub async fn task_view(&self, task: TaskCtx) -> Result<TaskView> {
+        let counts = tasks::counts(self.store.pool(), task.id).await?;
+        let decisions = crate::store::decisions::current_counts(self.store.pool(), task.id)
+            .await?
+            .into_iter()
+            .map(|c| (c.source, c.n))
+            .collect();
+        let active_model_version = match task.active_version_id {
+            Some(id) => crate::store::models::by_id(self.store.pool(), id)
+                .await?
+                .map(|v| v.version),
+            None => None,
+        };
+        Ok(TaskView {
+            name: task.name,
+            labels: task.labels,
+            settings: task.settings,
+            created_at: task.created_at,
+            active_model_version,
+            graph_version: task.graph_version,
+            examples: counts.examples,
+            gold_examples: counts.gold,
+            decisions,
+        })
+    }
+
+    pub async fn list_tasks(&self) -> Result<TaskList> {
+        let mut out = Vec::new();
+        for row in tasks::list(self.store.pool()).await? {
+            out.push(self.task_view(TaskCtx::from_row(row)?).await?);
+        }
+        Ok(TaskList { tasks: out })
+    }
+
+    pub async fn get_task(&self, name: &str) -> Result<TaskView> {
+        let task = self.task(name).await?;
+        self.task_view(task).await
+    }
+
+    pub async fn update_task(&self, name: &str, req: UpdateTask) -> Result<TaskView> {
+        let task = self.task(name).await?;
+        let settings = merge_settings(&task.settings, Some(&req.settings))?;
+        let json = serde_json::to_string(&settings).map_err(|e| Error::Internal(e.into()))?;
+        let mut tx = self.store.begin_write().await?;
+        tasks::update_settings(tx.conn(), task.id, &json, now_ms()).await?;
+        tx.commit().await?;
+        let updated = self.task(name).await?;
+        // A new τ changes decisions now; graph settings apply at the next graph update.
+        if updated.settings.tau != task.settings.tau {
+            self.rescore_task(&updated, "tau changed", &mut |_, _| {})
+                .await?;
+        }
+        self.task_view(updated).await
+    }
+
+    pub async fn delete_task(&self, name: &str) -> Result<()> {
+        let task = self.task(name).await?;
+        let mut tx = self.store.begin_write().await?;
+        tasks::delete(tx.conn(), task.id).await?;
+        tx.commit().await?;
+        self.forget_graph(task.id, true);
+        let _ = std::fs::remove_dir_all(
+            self.data_dir
+                .join("versions")
+                .join(format!("task-{}", task.id)),
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_are_checked() {
+        assert!(validate_name("sst2-v1.0_b").is_ok());
+        for bad in ["", "has space", "ü", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_labels(&["a".into(), "b".into()]).is_ok());
+        assert!(validate_labels(&["a".into()]).is_err());
+        assert!(validate_labels(&["a".into(), "a".into()]).is_err());
+        assert!(validate_labels(&["a".into(), " ".into()]).is_err());
+    }
+
+    #[test]
+    fn settings_merge_keeps_unmentioned_fields() {
+        let base = TaskSettings {
+            knn_k: 7,
+            ..Default::default()
+        };
+        let merged = merge_settings(
+            &base,
+            Some(&serde_json::json!({"alpha": 0.3, "train": {"epochs": 5}})),
+        )
+        .unwrap();
+        assert_eq!(merged.knn_k, 7);
+        assert_eq!(merged.alpha, 0.3);
+        assert_eq!(merged.train.epochs, 5);
+        assert_eq!(merged.train.lr, base.train.lr);
+        let err = merge_settings(&base, Some(&serde_json::json!({"knn_k": 0}))).unwrap_err();
+        assert_eq!(err.code(), "invalid_settings");
+        let err = merge_settings(&base, Some(&serde_json::json!({"bogus": true}))).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}

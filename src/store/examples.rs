@@ -1,0 +1,549 @@
+//! Examples, their weak labels, gold labels, embeddings and the denormalised current state
+//! (refined label, latest scores, current decision) that the API and the review queue read.
+
+use sqlx::{Any, AnyConnection, Executor, FromRow};
+
+use super::placeholders;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ExampleRow {
+    pub id: i64,
+    pub task_id: i64,
+    pub external_id: String,
+    pub text: String,
+    pub gold_label: Option<i64>,
+    pub gold_at: Option<i64>,
+    /// JSON array: the confidence-weighted mean of the weak labels.
+    pub weak: Option<String>,
+    pub encoder_id: Option<String>,
+    /// JSON array: the graph-smoothed weak label.
+    pub refined: Option<String>,
+    pub refined_label: Option<i64>,
+    pub pred_label: Option<i64>,
+    pub pred_probs: Option<String>,
+    pub p_ik: Option<f64>,
+    pub p_ik_source: Option<String>,
+    pub scored_version_id: Option<i64>,
+    pub decision_id: Option<i64>,
+    pub decision_label: Option<i64>,
+    pub decision_source: Option<String>,
+    pub dirty: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub const COLUMNS: &str = "id, task_id, external_id, text, gold_label, gold_at, weak, encoder_id, \
+     refined, refined_label, pred_label, pred_probs, p_ik, p_ik_source, scored_version_id, decision_id, \
+     decision_label, decision_source, dirty, created_at, updated_at";
+
+#[derive(Debug, Clone, FromRow)]
+pub struct WeakLabelRow {
+    pub example_id: i64,
+    pub source: String,
+    pub label: Option<i64>,
+    pub scores: String,
+    pub confidence: f64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ExistingRow {
+    pub id: i64,
+    pub external_id: String,
+    pub text: String,
+}
+
+/// The examples of `task_id` among `external_ids` that already exist.
+pub async fn find_existing<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    external_ids: &[&str],
+) -> Result<Vec<ExistingRow>, sqlx::Error> {
+    if external_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT id, external_id, text FROM examples WHERE task_id = $1 AND external_id IN ({})",
+        placeholders(2, external_ids.len())
+    );
+    let mut q = sqlx::query_as(&sql).bind(task_id);
+    for id in external_ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
+
+/// Inserts a new example; `None` when another writer inserted the same id first.
+pub async fn insert(
+    conn: &mut AnyConnection,
+    task_id: i64,
+    external_id: &str,
+    text: &str,
+    embedding: Option<&[u8]>,
+    encoder_id: Option<&str>,
+    now: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO examples (task_id, external_id, text, embedding, encoder_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) \
+         ON CONFLICT (task_id, external_id) DO NOTHING RETURNING id",
+    )
+    .bind(task_id)
+    .bind(external_id)
+    .bind(text)
+    .bind(embedding)
+    .bind(encoder_id)
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+/// One label per (example, source): a source that labels again replaces its earlier label,
+/// so re-sending a batch is idempotent.
+pub async fn upsert_weak_label(
+    conn: &mut AnyConnection,
+    example_id: i64,
+    source: &str,
+    label: Option<i64>,
+    scores: &str,
+    confidence: f64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO weak_labels (example_id, source, label, scores, confidence, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) \
+         ON CONFLICT (example_id, source) DO UPDATE SET \
+            label = excluded.label, scores = excluded.scores, \
+            confidence = excluded.confidence, updated_at = excluded.updated_at",
+    )
+    .bind(example_id)
+    .bind(source)
+    .bind(label)
+    .bind(scores)
+    .bind(confidence)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn weak_labels<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    example_ids: &[i64],
+) -> Result<Vec<WeakLabelRow>, sqlx::Error> {
+    if example_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT example_id, source, label, scores, confidence, updated_at FROM weak_labels \
+         WHERE example_id IN ({}) ORDER BY example_id, source",
+        placeholders(1, example_ids.len())
+    );
+    let mut q = sqlx::query_as(&sql);
+    for id in example_ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
+
+/// Stores the weak aggregate and marks the example for a new decision.
+pub async fn set_weak_aggregate(
+    conn: &mut AnyConnection,
+    id: i64,
+    weak: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE examples SET weak = $1, dirty = 1, updated_at = $2 WHERE id = $3")
+        .bind(weak)
+        .bind(now)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_gold(
+    conn: &mut AnyConnection,
+    id: i64,
+    label: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE examples SET gold_label = $1, gold_at = $2, dirty = 1, updated_at = $2 WHERE id = $3",
+    )
+    .bind(label)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn by_external_id<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    external_id: &str,
+) -> Result<Option<ExampleRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM examples WHERE task_id = $1 AND external_id = $2"
+    ))
+    .bind(task_id)
+    .bind(external_id)
+    .fetch_optional(ex)
+    .await
+}
+
+pub async fn by_ids<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    ids: &[i64],
+) -> Result<Vec<ExampleRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM examples WHERE id IN ({}) ORDER BY id",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query_as(&sql);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
+
+/// Keyset paging in insertion order.
+pub async fn page<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<ExampleRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    ))
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EmbeddingRow {
+    pub id: i64,
+    pub embedding: Vec<u8>,
+}
+
+/// Stored embeddings in id order, a page at a time (index rebuilds, head training).
+pub async fn embeddings_page<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<EmbeddingRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, embedding FROM examples \
+         WHERE task_id = $1 AND id > $2 AND embedding IS NOT NULL ORDER BY id LIMIT $3",
+    )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn embeddings_of<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    ids: &[i64],
+) -> Result<Vec<EmbeddingRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT id, embedding FROM examples WHERE id IN ({}) AND embedding IS NOT NULL ORDER BY id",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query_as(&sql);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
+
+pub async fn set_embedding(
+    conn: &mut AnyConnection,
+    id: i64,
+    embedding: &[u8],
+    encoder_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE examples SET embedding = $1, encoder_id = $2, dirty = 1 WHERE id = $3")
+        .bind(embedding)
+        .bind(encoder_id)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores refined labels; marks the examples for a new decision.
+pub async fn set_refined(
+    conn: &mut AnyConnection,
+    updates: &[(i64, String, Option<i64>)],
+) -> Result<(), sqlx::Error> {
+    for (id, refined, label) in updates {
+        sqlx::query(
+            "UPDATE examples SET refined = $1, refined_label = $2, dirty = 1 WHERE id = $3",
+        )
+        .bind(refined.as_str())
+        .bind(*label)
+        .bind(*id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The strong model's latest view of an example.
+pub struct Scores<'a> {
+    pub pred_label: Option<i64>,
+    pub pred_probs: Option<&'a str>,
+    pub p_ik: Option<f64>,
+    pub p_ik_source: &'a str,
+    pub version_id: Option<i64>,
+}
+
+/// Records the current scores and decision of an example and clears its dirty flag.
+pub async fn set_current(
+    conn: &mut AnyConnection,
+    id: i64,
+    scores: &Scores<'_>,
+    decision: Option<(i64, Option<i64>, &str)>,
+) -> Result<(), sqlx::Error> {
+    let (p_ik, has_p_ik) = super::nullable_f64(scores.p_ik);
+    let (has_decision, (decision_id, label, source)) = match decision {
+        Some(d) => (1i64, d),
+        None => (0, (0, None, "")),
+    };
+    sqlx::query(
+        "UPDATE examples SET pred_label = $1, pred_probs = $2, p_ik = CASE WHEN $3 = 1 THEN $4 END, \
+            p_ik_source = $5, scored_version_id = $6, dirty = 0, \
+            decision_id = CASE WHEN $7 = 1 THEN $8 ELSE decision_id END, \
+            decision_label = CASE WHEN $7 = 1 THEN $9 ELSE decision_label END, \
+            decision_source = CASE WHEN $7 = 1 THEN $10 ELSE decision_source END \
+         WHERE id = $11",
+    )
+    .bind(scores.pred_label)
+    .bind(scores.pred_probs)
+    .bind(has_p_ik)
+    .bind(p_ik)
+    .bind(scores.p_ik_source)
+    .bind(scores.version_id)
+    .bind(has_decision)
+    .bind(decision_id)
+    .bind(label)
+    .bind(source)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Examples whose inputs changed since their last decision (crash recovery, other processes).
+pub async fn dirty_ids<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM examples WHERE task_id = $1 AND dirty = 1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+/// All example ids of a task after `after_id`, in order (re-scoring, exports).
+pub async fn ids_page<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct TextRow {
+    pub id: i64,
+    pub text: String,
+}
+
+pub async fn texts_page<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<TextRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, text FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+/// Examples without gold labels, the ones a human label would help most first: strong and
+/// refined-weak disagree, then lowest P(IK), then no prediction at all.
+pub async fn review_candidates<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    limit: i64,
+) -> Result<Vec<ExampleRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM examples WHERE task_id = $1 AND gold_label IS NULL \
+         ORDER BY CASE WHEN pred_label IS NOT NULL AND refined_label IS NOT NULL \
+                            AND refined_label <> pred_label THEN 0 \
+                       WHEN decision_source IS NULL OR decision_source = 'none' THEN 1 \
+                       ELSE 2 END, \
+                  COALESCE(p_ik, 0.0), id \
+         LIMIT $2"
+    ))
+    .bind(task_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+/// What the graph needs of an example.
+#[derive(Debug, Clone, FromRow)]
+pub struct GraphRow {
+    pub id: i64,
+    pub embedding: Option<Vec<u8>>,
+    pub encoder_id: Option<String>,
+    pub weak: Option<String>,
+    pub refined: Option<String>,
+}
+
+/// A page of graph rows in id order; embeddings only when `with_embeddings`.
+pub async fn graph_rows_page<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+    with_embeddings: bool,
+) -> Result<Vec<GraphRow>, sqlx::Error> {
+    let embedding = if with_embeddings {
+        "embedding"
+    } else {
+        "NULL AS embedding"
+    };
+    sqlx::query_as(&format!(
+        "SELECT id, {embedding}, encoder_id, weak, refined FROM examples \
+         WHERE task_id = $1 AND id > $2 AND embedding IS NOT NULL ORDER BY id LIMIT $3"
+    ))
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn graph_rows_of<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    ids: &[i64],
+) -> Result<Vec<GraphRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT id, embedding, encoder_id, weak, refined FROM examples WHERE id IN ({}) ORDER BY id",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query_as(&sql);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
+
+/// Tasks with examples awaiting a decision.
+pub async fn tasks_with_dirty(pool: &sqlx::AnyPool) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT task_id FROM examples WHERE dirty = 1")
+        .fetch_all(pool)
+        .await
+}
+
+/// What a training job reads of an example.
+#[derive(Debug, Clone, FromRow)]
+pub struct TrainingRow {
+    pub id: i64,
+    pub embedding: Option<Vec<u8>>,
+    pub encoder_id: Option<String>,
+    pub gold_label: Option<i64>,
+    pub refined: Option<String>,
+    pub decision_label: Option<i64>,
+    pub decision_source: Option<String>,
+}
+
+pub async fn training_rows_page<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<TrainingRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, embedding, encoder_id, gold_label, refined, decision_label, decision_source \
+         FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn texts_of<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    ids: &[i64],
+) -> Result<Vec<TextRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT id, text FROM examples WHERE id IN ({}) ORDER BY id",
+        placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query_as(&sql);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
+
+/// Marks every example of a task for a new decision (a new active version).
+pub async fn mark_task_dirty(conn: &mut AnyConnection, task_id: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE examples SET dirty = 1 WHERE task_id = $1")
+        .bind(task_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn dirty_count(pool: &sqlx::AnyPool, task_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM examples WHERE task_id = $1 AND dirty = 1")
+        .bind(task_id)
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,306 @@
+//! The strong model runtime: parity with sentence-transformers on the real MiniLM, batching
+//! invisible to results, tokenizer limits, the bounded queue, /info and predictions.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_error, real_model_dir, Backend, ModelKind, Options, TestServer};
+use serde_json::{json, Value};
+use sw2s::config::Overlong;
+use sw2s::model::{BatchConfig, Encoder, ModelWorker};
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Embeddings over HTTP match vectors computed once with sentence-transformers
+/// (scripts/reference_embeddings.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_model_matches_sentence_transformers() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
+    let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone()).unwrap();
+    let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["embeddings"].clone()).unwrap();
+    let s = TestServer::start(Options::new(Backend::Sqlite, ModelKind::Real))
+        .await
+        .unwrap();
+    let (status, info) = s.get("/info").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        info["model"]["model_id"],
+        "sentence-transformers/all-MiniLM-L6-v2"
+    );
+    assert_eq!(
+        info["model"]["sha256"],
+        sw2s::model::fetch::DEFAULT_MODEL_SHA256
+    );
+    assert_eq!(info["model"]["max_length"], fixture["max_seq_length"]);
+    let (status, body) = s.post("/v1/embed", &json!({ "texts": sentences })).await;
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
+    for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+        assert_eq!(g.len(), 384);
+        let c = cosine(g, r);
+        assert!(c >= 0.9999, "sentence {i} {:?}: cosine {c}", sentences[i]);
+        let norm: f32 = g.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+    // The 400-word sentence is over the 256-token limit: cut like sentence-transformers does.
+    assert_eq!(body["truncated"], json!([9]));
+    s.finish().await;
+}
+
+/// The same text gives the same vector alone or inside any batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_is_invisible_to_results() {
+    let dir = tokio::task::spawn_blocking(real_model_dir).await.unwrap();
+    let encoder = tokio::task::spawn_blocking(move || Encoder::load(&dir))
+        .await
+        .unwrap()
+        .unwrap();
+    let bert = encoder.bert.clone();
+    let texts = [
+        "short",
+        "a medium length sentence about the weather today",
+        "an even longer sentence that goes on and on, with commas, clauses and a few more words at the end",
+        "mid-size text, again",
+        "x y z",
+    ];
+    let encoded = encoder
+        .tokenizer
+        .tokenize(&texts, Overlong::Truncate)
+        .unwrap();
+    for config in [
+        BatchConfig {
+            max_batch_size: 32,
+            max_batch_tokens: 16_384,
+            max_queue_texts: 64,
+        },
+        BatchConfig {
+            max_batch_size: 2,
+            max_batch_tokens: 16_384,
+            max_queue_texts: 64,
+        },
+        BatchConfig {
+            max_batch_size: 32,
+            max_batch_tokens: 40,
+            max_queue_texts: 64,
+        },
+    ] {
+        let worker = ModelWorker::start(encoder.device.clone(), config).unwrap();
+        let together = worker.embed(&bert, encoded.clone()).await.unwrap();
+        for (i, e) in encoded.iter().enumerate() {
+            let alone = worker.embed(&bert, vec![e.clone()]).await.unwrap();
+            let diff = alone[0]
+                .iter()
+                .zip(&together[i])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "text {i} differs by {diff} under {config:?}");
+        }
+        // Concurrent requests batch together and still get their own answers.
+        let handles: Vec<_> = encoded
+            .iter()
+            .map(|e| {
+                let worker = worker.clone();
+                let bert = Arc::clone(&bert);
+                let e = e.clone();
+                tokio::spawn(async move { worker.embed(&bert, vec![e]).await.unwrap() })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let v = h.await.unwrap();
+            let diff = v[0]
+                .iter()
+                .zip(&together[i])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "concurrent text {i} differs by {diff}");
+        }
+    }
+}
+
+/// The tokenizer's built-in fixed padding/truncation is replaced by the model's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_texts_are_truncated_or_refused_by_setting() {
+    let long = "word ".repeat(80);
+    let s = TestServer::start(Options::new(Backend::Sqlite, ModelKind::Tiny))
+        .await
+        .unwrap();
+    let (status, body) = s
+        .post(
+            "/v1/embed",
+            &json!({"texts": ["hello there, this has more than sixteen tokens in it", long]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["truncated"],
+        json!([1]),
+        "only the text over 64 tokens is cut, not the one over 16"
+    );
+    s.finish().await;
+
+    let s = TestServer::start(
+        Options::new(Backend::Sqlite, ModelKind::Tiny).flag("on-overlong", "refuse"),
+    )
+    .await
+    .unwrap();
+    let resp = s.post("/v1/embed", &json!({"texts": ["fine", long]})).await;
+    assert_error(&resp, 422, "text_too_long");
+    assert!(
+        resp.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("texts[1]"),
+        "{}",
+        resp.1
+    );
+    s.post("/v1/tasks", &json!({"name": "t", "labels": ["a", "b"]}))
+        .await;
+    let resp = s
+        .post(
+            "/v1/tasks/t/examples",
+            &json!({"examples": [{"id": "1", "text": "ok"}, {"id": "2", "text": long}]}),
+        )
+        .await;
+    assert_error(&resp, 422, "text_too_long");
+    assert!(
+        resp.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("examples[1].text"),
+        "{}",
+        resp.1
+    );
+    let (_, task) = s.get("/v1/tasks/t").await;
+    assert_eq!(task["examples"], 0);
+    s.finish().await;
+}
+
+/// A full queue answers 429 with Retry-After instead of queueing without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_429() {
+    let s = TestServer::start(
+        Options::new(Backend::Sqlite, ModelKind::Real)
+            .flag("max-queue-texts", "16")
+            .flag("max-batch-size", "4"),
+    )
+    .await
+    .unwrap();
+    let heavy: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "{i} {}",
+                "a rather long sentence to keep the model busy ".repeat(12)
+            )
+        })
+        .collect();
+    let client = s.client.clone();
+    let url = s.url("/v1/embed");
+    let big = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"texts": heavy}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let mut saw_429 = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let r = s
+            .client
+            .post(s.url("/v1/embed"))
+            .json(&json!({"texts": ["one more"]}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().get("retry-after").is_some());
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "overloaded");
+            saw_429 = true;
+            break;
+        }
+        if big.is_finished() {
+            break;
+        }
+    }
+    assert!(saw_429, "no 429 while the queue was full");
+    assert_eq!(
+        big.await.unwrap(),
+        200,
+        "the request holding the queue still completes"
+    );
+    let (status, _) = s
+        .post("/v1/embed", &json!({"texts": ["after the rush"]}))
+        .await;
+    assert_eq!(status, 200);
+    s.finish().await;
+}
+
+/// Ingest stores the encoder's embedding; predict without a trained version says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_stores_embeddings_and_predict_needs_a_version() {
+    let s = TestServer::start(Options::new(Backend::Sqlite, ModelKind::Tiny))
+        .await
+        .unwrap();
+    s.post("/v1/tasks", &json!({"name": "t", "labels": ["a", "b"]}))
+        .await;
+    let (status, _) = s
+        .post(
+            "/v1/tasks/t/examples",
+            &json!({"examples": [{"id": "1", "text": "store my vector"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, embedded) = s
+        .post("/v1/embed", &json!({"texts": ["store my vector"]}))
+        .await;
+    let expected: Vec<f32> = serde_json::from_value(embedded["embeddings"][0].clone()).unwrap();
+    let task = s.service().task("t").await.unwrap();
+    let row = sw2s::store::examples::by_external_id(s.service().store.pool(), task.id, "1")
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = sw2s::store::examples::embeddings_of(s.service().store.pool(), &[row.id])
+        .await
+        .unwrap();
+    let stored = sw2s::store::bytes_to_f32s(&stored[0].embedding);
+    assert_eq!(stored.len(), 32);
+    let diff = stored
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-5);
+
+    let (status, body) = s
+        .post("/v1/tasks/t/predict", &json!({"texts": ["anything"]}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["model_version"], Value::Null);
+    assert_eq!(body["predictions"][0]["label"], Value::Null);
+    assert_eq!(body["predictions"][0]["p_ik_source"], "none");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("no trained model version"));
+    assert_error(
+        &s.post("/v1/tasks/zzz/predict", &json!({"texts": ["x"]}))
+            .await,
+        404,
+        "not_found",
+    );
+    s.finish().await;
+}
