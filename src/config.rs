@@ -28,6 +28,8 @@ pub enum Command {
     Openapi,
     /// Benchmarks: `embed` (encoder throughput) and `graph` (incremental smoothing).
     Bench(crate::bench::BenchArgs),
+    /// Run the weak-to-strong protocol on a labelled JSONL dataset and print the results table.
+    Experiment(Box<crate::experiment::ExperimentArgs>),
 }
 
 /// Where the model and data live; shared by every subcommand that loads the encoder.

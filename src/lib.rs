@@ -12,6 +12,7 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod experiment;
 pub mod graph;
 pub mod method;
 pub mod model;

@@ -68,6 +68,13 @@ fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             sw2s::bench::run(args)
         }
+        Command::Experiment(args) => {
+            init_logging(LogFormat::Text);
+            set_threads(args.model.threads);
+            let report = sw2s::experiment::run(&args)?;
+            println!("{}", report.markdown());
+            Ok(())
+        }
         Command::Openapi => {
             println!("{}", sw2s::api::openapi_json());
             Ok(())

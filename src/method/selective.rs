@@ -73,6 +73,9 @@ pub struct PikSample {
     pub gold: usize,
     /// The refined weak label's argmax, if any (for fitting τ).
     pub refined_label: Option<usize>,
+    /// Samples of one group (e.g. the answers to one question) stay on one side of the
+    /// train/calibration split, or near-duplicates leak between them.
+    pub group: u64,
 }
 
 impl PikSample {
@@ -221,7 +224,7 @@ mod tests {
     fn samples(n: usize, seed: u64) -> Vec<PikSample> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..n)
-            .map(|_| {
+            .map(|i| {
                 let signal: f32 = rng.gen_range(-1.0..1.0);
                 let right = rng.gen_bool(if signal > 0.0 { 0.9 } else { 0.3 });
                 let p = rng.gen_range(0.55..0.95);
@@ -230,6 +233,7 @@ mod tests {
                     probs: vec![1.0 - p, p],
                     gold: if right { 1 } else { 0 },
                     refined_label: Some(1),
+                    group: i as u64,
                 }
             })
             .collect()

@@ -44,6 +44,18 @@ impl Encoded {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// Cuts to `max` tokens, keeping the closing special token (training inputs are kept
+    /// shorter than the model's limit, for speed).
+    pub fn truncate_to(&mut self, max: usize) {
+        if self.ids.len() > max && max > 0 {
+            let last = *self.ids.last().unwrap_or(&0);
+            self.ids.truncate(max);
+            self.type_ids.truncate(max);
+            self.ids[max - 1] = last;
+            self.truncated = true;
+        }
+    }
 }
 
 /// A text over the model's maximum length under `--on-overlong refuse`.

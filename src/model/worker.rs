@@ -192,7 +192,11 @@ fn run_group(bert: &Bert, jobs: Vec<Job>, device: &Device, config: &BatchConfig)
             Some(e) => Err(anyhow::anyhow!("embedding failed: {e}")),
             None => Ok(result.into_iter().map(|v| v.unwrap_or_default()).collect()),
         };
-        let _ = job.reply.send(answer);
+        // Free the queue slots before answering: a caller that sends its next request the
+        // moment it has this answer must find them free.
+        let Job { reply, _permit, .. } = job;
+        drop(_permit);
+        let _ = reply.send(answer);
     }
 }
 

@@ -91,6 +91,20 @@ fn to_insert(row: &GraphRow, with_embedding: bool) -> Insert {
     }
 }
 
+/// The examples whose decision an update may change: those it was about, and those whose
+/// refined label changed class.
+fn to_redecide(ids: &[i64], report: &UpdateReport) -> Vec<i64> {
+    let mut redo: BTreeSet<i64> = ids.iter().copied().collect();
+    redo.extend(
+        report
+            .changes
+            .iter()
+            .filter(|c| c.label_changed)
+            .map(|c| c.example_id),
+    );
+    redo.into_iter().collect()
+}
+
 impl Service {
     /// Locks the task's graph, loading or rebuilding it when absent or stale, and catches up
     /// with examples other processes (or a crash) left out.
@@ -234,22 +248,18 @@ impl Service {
             let report =
                 tokio::task::block_in_place(|| graph.apply(&inserts)).map_err(Error::Internal)?;
             let version = self.write_refined(task, &report).await?;
-            let mut redo: BTreeSet<i64> = ids.into_iter().collect();
-            redo.extend(
-                report
-                    .changes
-                    .iter()
-                    .filter(|c| c.label_changed)
-                    .map(|c| c.example_id),
-            );
-            let redo: Vec<i64> = redo.into_iter().collect();
-            self.redecide(task, &redo, version, "catch-up").await?;
+            self.redecide(task, &to_redecide(&ids, &report), version, "catch-up")
+                .await?;
         }
         Ok(())
     }
 
     /// Writes refined labels that moved and bumps the task's graph version; returns it.
+    /// Nothing moved: nothing is written (no contention on the task row).
     async fn write_refined(&self, task: &TaskCtx, report: &UpdateReport) -> Result<i64> {
+        if report.changes.is_empty() {
+            return Ok(crate::store::tasks::graph_version(self.store.pool(), task.id).await?);
+        }
         let updates: Vec<(i64, String, Option<i64>)> = report
             .changes
             .iter()
@@ -307,16 +317,9 @@ impl Service {
                 }
             }
         }
-        let mut redo: BTreeSet<i64> = ids.iter().copied().collect();
-        redo.extend(
-            report
-                .changes
-                .iter()
-                .filter(|c| c.label_changed)
-                .map(|c| c.example_id),
-        );
-        let redo: Vec<i64> = redo.into_iter().collect();
-        let decisions = self.redecide(task, &redo, graph_version, trigger).await?;
+        let decisions = self
+            .redecide(task, &to_redecide(ids, &report), graph_version, trigger)
+            .await?;
         drop(slot);
         Ok(SettleReport {
             graph_version,

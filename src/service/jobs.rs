@@ -698,6 +698,7 @@ impl Service {
                     embedding: e.clone(),
                     gold: data.gold[i]?,
                     refined_label: data.refined_label[i],
+                    group: data.ids[i] as u64,
                 })
             })
             .collect();
@@ -979,6 +980,7 @@ fn train_heads(
                 probs,
                 gold: data.gold[row]?,
                 refined_label: data.refined_label[row],
+                group: data.ids[row] as u64,
             })
         })
         .collect();

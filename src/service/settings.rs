@@ -45,7 +45,7 @@ pub enum TrainOn {
     GoldAndWeak,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum JobMode {
     /// Frozen encoder: train the heads on stored embeddings (seconds).
@@ -136,7 +136,7 @@ impl Default for TaskSettings {
             full_pass_every: 50,
             class_balance: ClassBalance::Uniform,
             self_weight: 0.5,
-            tau: Tau::Fixed(0.5),
+            tau: Tau::Named("fit".into()),
             pik_min_gold: 50,
             pik_features: PikFeatures::Probs,
             targets: Targets::Hard,

@@ -1,9 +1,33 @@
 //! Examples, their weak labels, gold labels, embeddings and the denormalised current state
 //! (refined label, latest scores, current decision) that the API and the review queue read.
 
+use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Executor, FromRow};
 
 use super::placeholders;
+
+/// `{select} IN (ids…) {order}`, where `select` ends with the id column the list is for
+/// (`SELECT … FROM … WHERE id`).
+async fn rows_by_ids<'c, E, T>(
+    ex: E,
+    select: &str,
+    ids: &[i64],
+    order: &str,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    E: Executor<'c, Database = Any>,
+    T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+{
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!("{select} IN ({}) {order}", placeholders(1, ids.len()));
+    let mut q = sqlx::query_as::<_, T>(&sql);
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ExampleRow {
@@ -131,19 +155,13 @@ pub async fn weak_labels<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     example_ids: &[i64],
 ) -> Result<Vec<WeakLabelRow>, sqlx::Error> {
-    if example_ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let sql = format!(
-        "SELECT example_id, source, label, scores, confidence, updated_at FROM weak_labels \
-         WHERE example_id IN ({}) ORDER BY example_id, source",
-        placeholders(1, example_ids.len())
-    );
-    let mut q = sqlx::query_as(&sql);
-    for id in example_ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(ex).await
+    rows_by_ids(
+        ex,
+        "SELECT example_id, source, label, scores, confidence, updated_at FROM weak_labels WHERE example_id",
+        example_ids,
+        "ORDER BY example_id, source",
+    )
+    .await
 }
 
 /// Stores the weak aggregate and marks the example for a new decision.
@@ -197,18 +215,13 @@ pub async fn by_ids<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     ids: &[i64],
 ) -> Result<Vec<ExampleRow>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let sql = format!(
-        "SELECT {COLUMNS} FROM examples WHERE id IN ({}) ORDER BY id",
-        placeholders(1, ids.len())
-    );
-    let mut q = sqlx::query_as(&sql);
-    for id in ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(ex).await
+    rows_by_ids(
+        ex,
+        &format!("SELECT {COLUMNS} FROM examples WHERE id"),
+        ids,
+        "ORDER BY id",
+    )
+    .await
 }
 
 /// Keyset paging in insertion order.
@@ -256,18 +269,13 @@ pub async fn embeddings_of<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     ids: &[i64],
 ) -> Result<Vec<EmbeddingRow>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let sql = format!(
-        "SELECT id, embedding FROM examples WHERE id IN ({}) AND embedding IS NOT NULL ORDER BY id",
-        placeholders(1, ids.len())
-    );
-    let mut q = sqlx::query_as(&sql);
-    for id in ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(ex).await
+    rows_by_ids(
+        ex,
+        "SELECT id, embedding FROM examples WHERE embedding IS NOT NULL AND id",
+        ids,
+        "ORDER BY id",
+    )
+    .await
 }
 
 pub async fn set_embedding(
@@ -464,18 +472,13 @@ pub async fn graph_rows_of<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     ids: &[i64],
 ) -> Result<Vec<GraphRow>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let sql = format!(
-        "SELECT id, embedding, encoder_id, weak, refined FROM examples WHERE id IN ({}) ORDER BY id",
-        placeholders(1, ids.len())
-    );
-    let mut q = sqlx::query_as(&sql);
-    for id in ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(ex).await
+    rows_by_ids(
+        ex,
+        "SELECT id, embedding, encoder_id, weak, refined FROM examples WHERE id",
+        ids,
+        "ORDER BY id",
+    )
+    .await
 }
 
 /// Tasks with examples awaiting a decision.
@@ -518,18 +521,13 @@ pub async fn texts_of<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     ids: &[i64],
 ) -> Result<Vec<TextRow>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let sql = format!(
-        "SELECT id, text FROM examples WHERE id IN ({}) ORDER BY id",
-        placeholders(1, ids.len())
-    );
-    let mut q = sqlx::query_as(&sql);
-    for id in ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(ex).await
+    rows_by_ids(
+        ex,
+        "SELECT id, text FROM examples WHERE id",
+        ids,
+        "ORDER BY id",
+    )
+    .await
 }
 
 /// Marks every example of a task for a new decision (a new active version).

@@ -1,0 +1,145 @@
+//! Datasets in the format of ../shared/datasets and the group-aware split of the protocol.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Row {
+    pub id: String,
+    pub text: String,
+    pub label: usize,
+    #[serde(default)]
+    pub label_names: Vec<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// Rows of one JSONL file, or of every `*.jsonl` file of a folder (in name order).
+pub fn load(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Row>> {
+    let files: Vec<std::path::PathBuf> = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().map(|x| x == "jsonl").unwrap_or(false))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if files.is_empty() {
+        bail!("{} holds no .jsonl files", path.display());
+    }
+    let mut rows = Vec::new();
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: Row = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a dataset row", file.display(), n + 1))?;
+            rows.push(row);
+            if limit.map(|l| rows.len() >= l).unwrap_or(false) {
+                return check(rows);
+            }
+        }
+    }
+    check(rows)
+}
+
+fn check(rows: Vec<Row>) -> anyhow::Result<Vec<Row>> {
+    let classes = classes(&rows);
+    if classes < 2 {
+        bail!("the dataset needs at least two labels");
+    }
+    Ok(rows)
+}
+
+pub fn classes(rows: &[Row]) -> usize {
+    rows.iter()
+        .map(|r| r.label_names.len().max(r.label + 1))
+        .max()
+        .unwrap_or(0)
+}
+
+pub fn label_names(rows: &[Row]) -> Vec<String> {
+    let k = classes(rows);
+    rows.iter()
+        .find(|r| r.label_names.len() == k)
+        .map(|r| r.label_names.clone())
+        .unwrap_or_else(|| (0..k).map(|i| format!("class{i}")).collect())
+}
+
+/// Row indices of the three parts.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub weak_train: Vec<usize>,
+    pub strong_train: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+/// Splits by group (rows without one are their own group), so no group straddles parts.
+pub fn split(rows: &[Row], seed: u64, weak_frac: f64, strong_frac: f64) -> Split {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        groups
+            .entry(r.group.as_deref().unwrap_or(&r.id))
+            .or_default()
+            .push(i);
+    }
+    let mut keys: Vec<&str> = groups.keys().copied().collect();
+    keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let n = keys.len() as f64;
+    let cut1 = (n * weak_frac).round() as usize;
+    let cut2 = (n * (weak_frac + strong_frac)).round() as usize;
+    let take =
+        |ks: &[&str]| -> Vec<usize> { ks.iter().flat_map(|k| groups[k].iter().copied()).collect() };
+    Split {
+        weak_train: take(&keys[..cut1]),
+        strong_train: take(&keys[cut1..cut2.min(keys.len())]),
+        test: take(&keys[cut2.min(keys.len())..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_groups_together_and_is_seeded() {
+        let rows: Vec<Row> = (0..100)
+            .map(|i| Row {
+                id: format!("r{i}"),
+                text: String::new(),
+                label: i % 2,
+                label_names: vec!["a".into(), "b".into()],
+                group: Some(format!("g{}", i / 2)),
+            })
+            .collect();
+        let s = split(&rows, 1, 0.4, 0.4);
+        assert_eq!(
+            s.weak_train.len() + s.strong_train.len() + s.test.len(),
+            100
+        );
+        assert_eq!(
+            (s.weak_train.len(), s.strong_train.len(), s.test.len()),
+            (40, 40, 20)
+        );
+        let group_of = |i: &usize| rows[*i].group.clone().unwrap();
+        let w: std::collections::HashSet<_> = s.weak_train.iter().map(group_of).collect();
+        assert!(s
+            .strong_train
+            .iter()
+            .chain(&s.test)
+            .all(|i| !w.contains(&group_of(i))));
+        assert_eq!(split(&rows, 1, 0.4, 0.4).test, s.test);
+        assert_ne!(split(&rows, 2, 0.4, 0.4).test, s.test);
+    }
+}

@@ -1,0 +1,232 @@
+//! The results table: Markdown for people, JSON for machines.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::data::{label_names, Row};
+use super::{ExperimentArgs, Method, Run};
+use crate::method::metrics::mean_std;
+
+/// Below this gap (ceiling − weak) PGR is noise and is marked as not meaningful.
+pub const MIN_GAP: f64 = 0.03;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodRow {
+    pub name: String,
+    pub accuracy_mean: f64,
+    pub accuracy_std: f64,
+    pub accuracies: Vec<f64>,
+    /// (accuracy − weak) / (ceiling − weak), from the means over seeds.
+    pub pgr: Option<f64>,
+    /// Spread of the per-seed PGRs.
+    pub pgr_std: Option<f64>,
+    pub pik_auroc: Option<f64>,
+    pub pik_ece: Option<f64>,
+    pub pik_msp_auroc: Option<f64>,
+    pub pik_auroc_strong_train: Option<f64>,
+    pub tau: Option<f64>,
+    /// Strong-train labels by source: mean count and mean accuracy over seeds.
+    pub sources: BTreeMap<String, (f64, f64)>,
+    /// Mean accuracy of the labels the final model trained on.
+    pub label_accuracy: Option<f64>,
+    pub seconds: f64,
+    pub runs: Vec<Run>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub dataset: String,
+    pub rows: usize,
+    pub labels: Vec<String>,
+    pub mode: String,
+    pub weak_model: String,
+    pub seeds: usize,
+    pub seconds: f64,
+    pub splits: Vec<serde_json::Value>,
+    /// Ceiling − weak, in accuracy (not points).
+    pub gap: f64,
+    pub pgr_meaningful: bool,
+    pub methods: Vec<MethodRow>,
+}
+
+pub fn pgr(accuracy: f64, weak: f64, ceiling: f64) -> Option<f64> {
+    let gap = ceiling - weak;
+    (gap.abs() > 1e-12).then(|| (accuracy - weak) / gap)
+}
+
+fn mean_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.flatten().filter(|x| x.is_finite()).collect();
+    (!v.is_empty()).then(|| mean_std(&v).0)
+}
+
+impl Report {
+    pub fn build(
+        args: &ExperimentArgs,
+        rows: &[Row],
+        methods: &[Method],
+        runs: Vec<Vec<Run>>,
+        seconds: f64,
+        splits: Vec<serde_json::Value>,
+    ) -> Self {
+        let find = |name: &str| methods.iter().position(|m| m.name() == name);
+        let accs = |i: usize| -> Vec<f64> { runs[i].iter().map(|r| r.accuracy).collect() };
+        let weak = find("weak").map(accs);
+        let ceiling = find("strong ceiling").map(accs);
+        let (weak_mean, ceiling_mean) = (
+            weak.as_ref().map(|w| mean_std(w).0),
+            ceiling.as_ref().map(|c| mean_std(c).0),
+        );
+        let gap = match (weak_mean, ceiling_mean) {
+            (Some(w), Some(c)) => c - w,
+            _ => f64::NAN,
+        };
+        let rows_out = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let a = accs(i);
+                let (mean, std) = mean_std(&a);
+                let per_seed: Vec<f64> = match (&weak, &ceiling) {
+                    (Some(w), Some(c)) => a
+                        .iter()
+                        .zip(w)
+                        .zip(c)
+                        .filter_map(|((x, w), c)| pgr(*x, *w, *c))
+                        .collect(),
+                    _ => vec![],
+                };
+                let mut sources: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+                for run in &runs[i] {
+                    for (s, (n, acc)) in &run.sources {
+                        let e = sources.entry(s.clone()).or_default();
+                        e.0 += *n as f64 / runs[i].len() as f64;
+                        e.1 += acc / runs[i].len() as f64;
+                    }
+                }
+                MethodRow {
+                    name: m.name().to_string(),
+                    accuracy_mean: mean,
+                    accuracy_std: std,
+                    accuracies: a.clone(),
+                    pgr: match (weak_mean, ceiling_mean) {
+                        (Some(w), Some(c)) => pgr(mean, w, c),
+                        _ => None,
+                    },
+                    pgr_std: (per_seed.len() == a.len() && !a.is_empty())
+                        .then(|| mean_std(&per_seed).1),
+                    pik_auroc: mean_of(
+                        runs[i].iter().map(|r| r.pik.as_ref().and_then(|p| p.auroc)),
+                    ),
+                    pik_ece: mean_of(runs[i].iter().map(|r| r.pik.as_ref().and_then(|p| p.ece))),
+                    pik_msp_auroc: mean_of(
+                        runs[i]
+                            .iter()
+                            .map(|r| r.pik.as_ref().and_then(|p| p.msp_auroc)),
+                    ),
+                    pik_auroc_strong_train: mean_of(
+                        runs[i].iter().map(|r| r.pik_auroc_strong_train),
+                    ),
+                    tau: mean_of(runs[i].iter().map(|r| r.pik.as_ref().map(|p| p.tau as f64))),
+                    sources,
+                    label_accuracy: mean_of(runs[i].iter().map(|r| r.label_accuracy)),
+                    seconds: runs[i].iter().map(|r| r.seconds).sum(),
+                    runs: runs[i].clone(),
+                }
+            })
+            .collect();
+        Report {
+            dataset: args.data.display().to_string(),
+            rows: rows.len(),
+            labels: label_names(rows),
+            mode: args.mode.as_str().to_string(),
+            weak_model: args.weak.clone(),
+            seeds: args.seeds,
+            seconds,
+            splits,
+            gap,
+            pgr_meaningful: gap.is_finite() && gap >= MIN_GAP,
+            methods: rows_out,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let pct = |x: f64| format!("{:.1}", 100.0 * x);
+        let opt = |x: Option<f64>, digits: usize| {
+            x.map(|v| format!("{v:.digits$}"))
+                .unwrap_or_else(|| "–".into())
+        };
+        let mut out = format!(
+            "### {} — {} mode, weak model `{}`, {} seed(s), {} rows, {:.0} s\n\n",
+            self.dataset, self.mode, self.weak_model, self.seeds, self.rows, self.seconds
+        );
+        out += &format!(
+            "Gap (ceiling − weak): {} points{}\n\n",
+            if self.gap.is_finite() {
+                format!("{:.1}", 100.0 * self.gap)
+            } else {
+                "–".into()
+            },
+            if self.pgr_meaningful {
+                ""
+            } else {
+                " — under 3 points: PGR is not meaningful (n/m)"
+            }
+        );
+        out += "| method | test acc % (± sd) | PGR (± sd) | labels acc % | P(IK) AUROC gold / MSP / strong-train | P(IK) ECE | τ | strong-train labels: source n (acc %) |\n";
+        out += "|---|---|---|---|---|---|---|---|\n";
+        for m in &self.methods {
+            let pgr = match (m.pgr, self.pgr_meaningful) {
+                (Some(p), true) => format!("{p:.2} (± {})", opt(m.pgr_std, 2)),
+                (Some(p), false) => format!("n/m ({p:.2})"),
+                (None, _) => "–".into(),
+            };
+            let pik = if m.pik_auroc.is_some() || m.pik_auroc_strong_train.is_some() {
+                format!(
+                    "{} / {} / {}",
+                    opt(m.pik_auroc, 3),
+                    opt(m.pik_msp_auroc, 3),
+                    opt(m.pik_auroc_strong_train, 3)
+                )
+            } else {
+                "–".into()
+            };
+            let sources = m
+                .sources
+                .iter()
+                .map(|(s, (n, acc))| format!("{s} {n:.0} ({})", pct(*acc)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out += &format!(
+                "| {} | {} (± {}) | {} | {} | {} | {} | {} | {} |\n",
+                m.name,
+                pct(m.accuracy_mean),
+                pct(m.accuracy_std),
+                pgr,
+                m.label_accuracy.map(pct).unwrap_or_else(|| "–".into()),
+                pik,
+                opt(m.pik_ece, 3),
+                opt(m.tau, 2),
+                if sources.is_empty() {
+                    "–".into()
+                } else {
+                    sources
+                }
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgr_is_the_share_of_the_gap_recovered() {
+        assert!((pgr(0.75, 0.70, 0.80).unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(pgr(0.70, 0.70, 0.80), Some(0.0));
+        assert!(pgr(0.65, 0.70, 0.80).unwrap() < 0.0);
+        assert_eq!(pgr(0.7, 0.7, 0.7), None);
+    }
+}

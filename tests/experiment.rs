@@ -1,0 +1,180 @@
+//! The experiment command on a small slice of real data: the table's structure, PGR computed
+//! from the accuracies, the files it writes, both weak models and both modes. (The tiny
+//! random BERT keeps it fast; the README's tables come from the real model.)
+
+mod common;
+
+use clap::Parser;
+use serde_json::Value;
+use sw2s::config::{Cli, Command};
+
+fn experiment_args(extra: &[&str]) -> (sw2s::experiment::ExperimentArgs, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(dir.path());
+    let data = common::datasets_dir().join("sst2/validation.jsonl");
+    let out = dir.path().join("out");
+    let mut argv: Vec<String> = vec![
+        "sw2s".into(),
+        "experiment".into(),
+        "--data".into(),
+        data.display().to_string(),
+        "--model-dir".into(),
+        model.display().to_string(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let Command::Experiment(args) = Cli::try_parse_from(&argv).unwrap().command else {
+        unreachable!()
+    };
+    (*args, dir)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+#[test]
+fn head_mode_table_has_every_method_and_correct_pgr() {
+    let (args, dir) = experiment_args(&["--limit", "400", "--seeds", "2"]);
+    let report = sw2s::experiment::run(&args).unwrap();
+    let names: Vec<String> = sw2s::experiment::methods()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    assert_eq!(
+        report
+            .methods
+            .iter()
+            .map(|m| m.name.clone())
+            .collect::<Vec<_>>(),
+        names
+    );
+    assert_eq!(report.rows, 400);
+    assert_eq!(report.labels, vec!["negative", "positive"]);
+    assert_eq!(report.splits.len(), 2);
+    let split = &report.splits[0];
+    let total = split["weak_train"].as_u64().unwrap()
+        + split["strong_train"].as_u64().unwrap()
+        + split["test"].as_u64().unwrap();
+    assert_eq!(total, 400);
+
+    let weak = report
+        .methods
+        .iter()
+        .find(|m| m.name == "weak")
+        .unwrap()
+        .accuracy_mean;
+    let ceiling = report
+        .methods
+        .iter()
+        .find(|m| m.name == "strong ceiling")
+        .unwrap()
+        .accuracy_mean;
+    assert!(close(report.gap, ceiling - weak));
+    assert_eq!(report.pgr_meaningful, report.gap >= 0.03);
+    for m in &report.methods {
+        assert_eq!(m.accuracies.len(), 2, "{}", m.name);
+        assert!(m.accuracies.iter().all(|a| (0.0..=1.0).contains(a)));
+        let mean = m.accuracies.iter().sum::<f64>() / 2.0;
+        assert!(close(m.accuracy_mean, mean), "{}", m.name);
+        if (ceiling - weak).abs() > 1e-12 {
+            let expected = (m.accuracy_mean - weak) / (ceiling - weak);
+            assert!(
+                close(m.pgr.unwrap(), expected),
+                "{}: pgr {:?} vs {expected}",
+                m.name,
+                m.pgr
+            );
+        }
+    }
+    assert!(
+        close(report.methods[0].pgr.unwrap_or(0.0), 0.0),
+        "weak has PGR 0"
+    );
+    let selective = report
+        .methods
+        .iter()
+        .find(|m| m.name == "full selective")
+        .unwrap();
+    assert!(selective.pik_auroc_strong_train.is_some() && selective.tau.is_some());
+    assert!(selective.sources.values().map(|(n, _)| n).sum::<f64>() > 0.0);
+
+    // The same table on disk, for people and for machines.
+    let md = std::fs::read_to_string(dir.path().join("out/results.md")).unwrap();
+    assert_eq!(md, report.markdown());
+    assert!(md.contains("| method | test acc % (± sd) | PGR (± sd) |"));
+    assert_eq!(
+        md.lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| method"))
+            .count(),
+        names.len()
+    );
+    assert!(md.contains("Gap (ceiling − weak):"));
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["methods"].as_array().unwrap().len(), names.len());
+    assert_eq!(json["mode"], "head");
+}
+
+#[test]
+fn pgr_is_marked_not_meaningful_under_a_3_point_gap() {
+    let (args, _dir) = experiment_args(&[
+        "--limit",
+        "300",
+        "--seeds",
+        "1",
+        "--methods",
+        "weak,strong ceiling,naive weak-to-strong",
+    ]);
+    let report = sw2s::experiment::run(&args).unwrap();
+    assert_eq!(report.methods.len(), 3);
+    let md = report.markdown();
+    if report.gap < 0.03 {
+        assert!(!report.pgr_meaningful);
+        assert!(md.contains("PGR is not meaningful"));
+        assert!(md.contains("n/m ("));
+    } else {
+        assert!(report.pgr_meaningful && !md.contains("n/m ("));
+    }
+}
+
+#[test]
+fn layers_weak_model_and_full_mode_run() {
+    let (args, _dir) = experiment_args(&[
+        "--limit",
+        "200",
+        "--seeds",
+        "1",
+        "--weak",
+        "layers:1",
+        "--mode",
+        "full",
+        "--full-examples",
+        "60",
+        "--full-epochs",
+        "1",
+        "--methods",
+        "weak,strong ceiling,naive weak-to-strong,full selective",
+    ]);
+    let report = sw2s::experiment::run(&args).unwrap();
+    assert_eq!(report.mode, "full");
+    assert_eq!(report.weak_model, "layers:1");
+    assert_eq!(report.methods.len(), 4);
+    assert!(report.methods.iter().all(|m| m.accuracies.len() == 1));
+
+    let (bad, _dir) = experiment_args(&["--weak", "trees"]);
+    assert!(sw2s::experiment::run(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("--weak"));
+    let (bad, _dir) = experiment_args(&["--methods", "nothing"]);
+    assert!(sw2s::experiment::run(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("matched none"));
+}
