@@ -383,3 +383,37 @@ async fn new_examples_trigger_a_job() {
     assert_eq!(p["predictions"][0]["p_ik_source"], "msp");
     s.finish().await;
 }
+
+/// With `job_every_secs`, jobs start on a schedule (the first one that long after the task
+/// was created), and not again before the interval has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_start_on_a_schedule() {
+    let s = TestServer::start(Options::new(Backend::Sqlite, ModelKind::Tiny))
+        .await
+        .unwrap();
+    s.post(
+        "/v1/tasks",
+        &json!({"name": "timed", "labels": ["neg", "pos"], "settings": {"job_every_secs": 2}}),
+    )
+    .await;
+    ingest(&s, "timed", 0..40, true).await;
+    let mut job = Value::Null;
+    for _ in 0..100 {
+        let (_, jobs) = s.get("/v1/tasks/timed/jobs").await;
+        if let Some(j) = jobs["jobs"].as_array().unwrap().first() {
+            job = j.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(job["trigger"], "schedule", "{job}");
+    let done = wait_job(&s, "timed", job["id"].as_i64().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, jobs) = s.get("/v1/tasks/timed/jobs").await;
+    assert_eq!(
+        jobs["jobs"].as_array().unwrap().len(),
+        1,
+        "the next one waits for the interval"
+    );
+    s.finish().await;
+}

@@ -46,6 +46,15 @@ async fn real_model_matches_sentence_transformers() {
     let (status, body) = s.post("/v1/embed", &json!({ "texts": sentences })).await;
     assert_eq!(status, 200, "{body}");
     let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
+    let worst = got
+        .iter()
+        .zip(&reference)
+        .map(|(g, r)| cosine(g, r))
+        .fold(1.0, f64::min);
+    eprintln!(
+        "parity with sentence-transformers: lowest cosine {worst:.7} over {} sentences",
+        got.len()
+    );
     for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
         assert_eq!(g.len(), 384);
         let c = cosine(g, r);

@@ -190,6 +190,8 @@ pub struct Run {
     /// Accuracy of all strong-train labels the final model trained on: the quality of the
     /// decisions a labeling service would hand out.
     pub label_accuracy: Option<f64>,
+    /// Share of each class among those labels (class drift shows here).
+    pub label_shares: Vec<f64>,
     pub seconds: f64,
 }
 
@@ -366,6 +368,15 @@ fn accuracy_on(fitted: &Fitted, rows: &[usize], truth: &[usize]) -> f64 {
     ok as f64 / rows.len().max(1) as f64
 }
 
+fn label_shares(labels: &[(usize, Option<usize>, &str)], k: usize) -> Vec<f64> {
+    let mut counts = vec![0usize; k];
+    for l in labels.iter().filter_map(|(_, l, _)| *l) {
+        counts[l] += 1;
+    }
+    let n = counts.iter().sum::<usize>().max(1) as f64;
+    counts.into_iter().map(|c| c as f64 / n).collect()
+}
+
 fn source_stats(
     labels: &[(usize, Option<usize>, &str)],
     truth: &[usize],
@@ -399,8 +410,13 @@ fn run_method(method: &Method, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Re
         Method::Ceiling => {
             let targets: Vec<Vec<f32>> = st.iter().map(|&r| one_hot(ctx.truth[r], k)).collect();
             let m = strong.fit(ctx, st, &targets, None, test)?;
+            let labels: Vec<(usize, Option<usize>, &str)> = st
+                .iter()
+                .map(|&r| (r, Some(ctx.truth[r]), "truth"))
+                .collect();
             Run {
                 accuracy: accuracy_on(&m, test, &ctx.truth),
+                label_shares: label_shares(&labels, k),
                 ..Default::default()
             }
         }
@@ -410,6 +426,7 @@ fn run_method(method: &Method, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Re
             Run {
                 accuracy: accuracy_on(&m, test, &ctx.truth),
                 sources: source_stats(&weak_labels, &ctx.truth),
+                label_shares: label_shares(&weak_labels, k),
                 ..Default::default()
             }
         }
@@ -423,6 +440,7 @@ fn run_method(method: &Method, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Re
             Run {
                 accuracy: accuracy_on(&m, test, &ctx.truth),
                 sources: source_stats(&labels, &ctx.truth),
+                label_shares: label_shares(&labels, k),
                 ..Default::default()
             }
         }
@@ -578,6 +596,7 @@ fn selective(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Res
         pik: Some(pik.report),
         pik_auroc_strong_train: auroc(&qs, &right),
         sources: source_stats(&labels, &ctx.truth),
+        label_shares: label_shares(&labels, ctx.k),
         ..Default::default()
     })
 }
@@ -837,15 +856,11 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
     for seed in 0..args.seeds as u64 {
         let split = data::split(&rows, seed, args.weak_fraction, args.strong_fraction);
         let truth: Vec<usize> = rows.iter().map(|r| r.label).collect();
-        // The weak model labels strong-train and test; weak-train is labelled cross-fitted.
-        let half: Vec<usize> = split.weak_train.iter().copied().step_by(2).collect();
-        let other: Vec<usize> = split
-            .weak_train
-            .iter()
-            .copied()
-            .skip(1)
-            .step_by(2)
-            .collect();
+        // The weak model labels strong-train and test; weak-train is labelled cross-fitted,
+        // in two halves of whole groups (alternate rows would put every SciQ question's
+        // right answer in one half and its wrong one in the other: one class per half).
+        let (half, other): (Vec<usize>, Vec<usize>) =
+            split.weak_train.iter().partition(|&&r| groups[r] % 2 == 0);
         let predict: Vec<usize> = split
             .strong_train
             .iter()

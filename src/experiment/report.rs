@@ -30,6 +30,8 @@ pub struct MethodRow {
     pub sources: BTreeMap<String, (f64, f64)>,
     /// Mean accuracy of the labels the final model trained on.
     pub label_accuracy: Option<f64>,
+    /// Mean share of each class among those labels.
+    pub label_shares: Vec<f64>,
     pub seconds: f64,
     pub runs: Vec<Run>,
 }
@@ -130,6 +132,19 @@ impl Report {
                     tau: mean_of(runs[i].iter().map(|r| r.pik.as_ref().map(|p| p.tau as f64))),
                     sources,
                     label_accuracy: mean_of(runs[i].iter().map(|r| r.label_accuracy)),
+                    label_shares: {
+                        let k = runs[i]
+                            .iter()
+                            .map(|r| r.label_shares.len())
+                            .max()
+                            .unwrap_or(0);
+                        (0..k)
+                            .map(|c| {
+                                mean_of(runs[i].iter().map(|r| r.label_shares.get(c).copied()))
+                                    .unwrap_or(0.0)
+                            })
+                            .collect()
+                    },
                     seconds: runs[i].iter().map(|r| r.seconds).sum(),
                     runs: runs[i].clone(),
                 }
@@ -173,8 +188,8 @@ impl Report {
                 " — under 3 points: PGR is not meaningful (n/m)"
             }
         );
-        out += "| method | test acc % (± sd) | PGR (± sd) | labels acc % | P(IK) AUROC gold / MSP / strong-train | P(IK) ECE | τ | strong-train labels: source n (acc %) |\n";
-        out += "|---|---|---|---|---|---|---|---|\n";
+        out += "| method | test acc % (± sd) | PGR (± sd) | labels acc % | label class shares % | P(IK) AUROC gold / MSP / strong-train | P(IK) ECE | τ | strong-train labels: source n (acc %) |\n";
+        out += "|---|---|---|---|---|---|---|---|---|\n";
         for m in &self.methods {
             let pgr = match (m.pgr, self.pgr_meaningful) {
                 (Some(p), true) => format!("{p:.2} (± {})", opt(m.pgr_std, 2)),
@@ -197,13 +212,23 @@ impl Report {
                 .map(|(s, (n, acc))| format!("{s} {n:.0} ({})", pct(*acc)))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let shares = if m.label_shares.is_empty() {
+                "–".to_string()
+            } else {
+                m.label_shares
+                    .iter()
+                    .map(|x| format!("{:.0}", 100.0 * x))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
             out += &format!(
-                "| {} | {} (± {}) | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} (± {}) | {} | {} | {} | {} | {} | {} | {} |\n",
                 m.name,
                 pct(m.accuracy_mean),
                 pct(m.accuracy_std),
                 pgr,
                 m.label_accuracy.map(pct).unwrap_or_else(|| "–".into()),
+                shares,
                 pik,
                 opt(m.pik_ece, 3),
                 opt(m.tau, 2),

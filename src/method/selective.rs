@@ -133,18 +133,38 @@ fn p_ik(head: Option<&PikHead>, s: &PikSample) -> f32 {
     }
 }
 
+/// Holds out about `n_cal` samples for calibration, whole groups at a time, in a seeded
+/// random order of groups: returns (calibration, fit) indices.
+fn split_by_group(samples: &[PikSample], n_cal: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut groups: Vec<u64> = samples.iter().map(|s| s.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let mut members: std::collections::HashMap<u64, Vec<usize>> = Default::default();
+    for (i, s) in samples.iter().enumerate() {
+        members.entry(s.group).or_default().push(i);
+    }
+    let (mut cal, mut fit) = (Vec::new(), Vec::new());
+    for g in groups {
+        let m = members.remove(&g).unwrap_or_default();
+        if cal.len() < n_cal {
+            cal.extend(m);
+        } else {
+            fit.extend(m);
+        }
+    }
+    (cal, fit)
+}
+
 /// Trains the P(IK) head on part of the samples and measures it (and τ) on the rest.
 pub fn train_pik(samples: &[PikSample], cfg: &PikConfig) -> anyhow::Result<PikOutcome> {
     let n = samples.len();
     let correct: Vec<bool> = samples.iter().map(|s| s.correct()).collect();
     let positives = correct.iter().filter(|c| **c).count();
     let accuracy = (n > 0).then(|| positives as f64 / n as f64);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-        cfg.train.seed ^ 0xca1,
-    ));
     let n_cal = ((n as f64) * cfg.calibration).round() as usize;
-    let (cal, fit) = order.split_at(n_cal.min(n));
+    let (cal, fit) = split_by_group(samples, n_cal, cfg.train.seed ^ 0xca1);
+    let (cal, fit) = (cal.as_slice(), fit.as_slice());
     let fit_positives = fit.iter().filter(|&&i| correct[i]).count();
     let trainable = n >= cfg.min_gold && fit_positives > 0 && fit_positives < fit.len();
     let head = if trainable {
@@ -260,6 +280,21 @@ mod tests {
         assert!(r.auroc.unwrap() > r.msp_auroc.unwrap() + 0.1, "{r:?}");
         assert!(r.ece.unwrap() < 0.1, "{r:?}");
         assert_eq!(r.tau_source, "fitted");
+    }
+
+    #[test]
+    fn calibration_split_keeps_groups_whole() {
+        let mut s = samples(300, 4);
+        for (i, x) in s.iter_mut().enumerate() {
+            x.group = (i / 4) as u64;
+        }
+        let (cal, fit) = split_by_group(&s, 90, 7);
+        assert_eq!(cal.len() + fit.len(), 300);
+        assert!((90..94).contains(&cal.len()), "{}", cal.len());
+        let cal_groups: std::collections::HashSet<u64> = cal.iter().map(|&i| s[i].group).collect();
+        assert!(fit.iter().all(|&i| !cal_groups.contains(&s[i].group)));
+        // Random groups, not the first ones.
+        assert!(cal_groups.iter().any(|&g| g >= 23));
     }
 
     #[test]

@@ -582,7 +582,7 @@ impl Service {
             encoder,
         };
         let (version_id, version) = self.publish(task, job, publish, progress).await?;
-        let changed = self.rescore_after_publish(task, progress).await?;
+        let changed = self.rescore_after_publish(task, progress).await;
         Ok((
             json!({ "model_version": version, "changed_decisions": changed, "pik": pik, "training": training }),
             version_id,
@@ -741,7 +741,7 @@ impl Service {
         examples::mark_task_dirty(tx.conn(), task.id).await?;
         tx.commit().await?;
         self.forget_graph(task.id, true);
-        let changed = self.rescore_after_publish(task, progress).await?;
+        let changed = self.rescore_after_publish(task, progress).await;
         Ok((
             json!({ "model_version": version.version, "changed_decisions": changed, "reembedded": embeddings.len() }),
             version_id,
@@ -921,8 +921,19 @@ impl Service {
     }
 
     /// Settles the task's examples after a new version became active; returns how many
-    /// decisions changed.
-    async fn rescore_after_publish(&self, task: &TaskCtx, progress: &Progress) -> Result<usize> {
+    /// decisions changed. The version is live by now, so a failure here does not fail the
+    /// job: the examples stay marked and the recovery sweep finishes them (null is returned).
+    async fn rescore_after_publish(&self, task: &TaskCtx, progress: &Progress) -> Option<usize> {
+        match self.rescore_dirty(task, progress).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(task = %task.name, error = %e, "re-scoring after a new version failed; the recovery sweep continues it");
+                None
+            }
+        }
+    }
+
+    async fn rescore_dirty(&self, task: &TaskCtx, progress: &Progress) -> Result<usize> {
         progress.stage("rescoring");
         let task = self
             .task_by_id(task.id)
