@@ -209,7 +209,11 @@ impl Report {
             let sources = m
                 .sources
                 .iter()
-                .map(|(s, (n, acc))| format!("{s} {n:.0} ({})", pct(*acc)))
+                .map(|(s, (n, acc))| match s.as_str() {
+                    // Dropped examples carry no label, so no accuracy.
+                    "dropped" => format!("{s} {n:.0}"),
+                    _ => format!("{s} {n:.0} ({})", pct(*acc)),
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             let shares = if m.label_shares.is_empty() {
