@@ -1,11 +1,8 @@
 //! Datasets in the format of ../shared/datasets and the group-aware split of the protocol.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,24 +84,18 @@ pub struct Split {
 
 /// Splits by group (rows without one are their own group), so no group straddles parts.
 pub fn split(rows: &[Row], seed: u64, weak_frac: f64, strong_frac: f64) -> Split {
-    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, r) in rows.iter().enumerate() {
-        groups
-            .entry(r.group.as_deref().unwrap_or(&r.id))
-            .or_default()
-            .push(i);
-    }
-    let mut keys: Vec<&str> = groups.keys().copied().collect();
-    keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-    let n = keys.len() as f64;
+    let groups = crate::method::shuffled_groups(
+        rows.iter().map(|r| r.group.as_deref().unwrap_or(&r.id)),
+        seed,
+    );
+    let n = groups.len() as f64;
     let cut1 = (n * weak_frac).round() as usize;
-    let cut2 = (n * (weak_frac + strong_frac)).round() as usize;
-    let take =
-        |ks: &[&str]| -> Vec<usize> { ks.iter().flat_map(|k| groups[k].iter().copied()).collect() };
+    let cut2 = ((n * (weak_frac + strong_frac)).round() as usize).min(groups.len());
+    let take = |gs: &[Vec<usize>]| -> Vec<usize> { gs.concat() };
     Split {
-        weak_train: take(&keys[..cut1]),
-        strong_train: take(&keys[cut1..cut2.min(keys.len())]),
-        test: take(&keys[cut2.min(keys.len())..]),
+        weak_train: take(&groups[..cut1]),
+        strong_train: take(&groups[cut1..cut2]),
+        test: take(&groups[cut2..]),
     }
 }
 

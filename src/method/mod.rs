@@ -8,3 +8,18 @@ pub mod selection;
 pub mod selective;
 pub mod training;
 pub mod weak;
+
+/// Indices grouped by key, whole groups in a seeded random order (keys are first sorted, so
+/// the order depends only on the keys and the seed). Splits built from it never put one
+/// group on both sides.
+pub fn shuffled_groups<K: Ord>(keys: impl IntoIterator<Item = K>, seed: u64) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut members: std::collections::BTreeMap<K, Vec<usize>> = Default::default();
+    for (i, k) in keys.into_iter().enumerate() {
+        members.entry(k).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = members.into_values().collect();
+    groups.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    groups
+}

@@ -136,21 +136,12 @@ fn p_ik(head: Option<&PikHead>, s: &PikSample) -> f32 {
 /// Holds out about `n_cal` samples for calibration, whole groups at a time, in a seeded
 /// random order of groups: returns (calibration, fit) indices.
 fn split_by_group(samples: &[PikSample], n_cal: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut groups: Vec<u64> = samples.iter().map(|s| s.group).collect();
-    groups.sort_unstable();
-    groups.dedup();
-    groups.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-    let mut members: std::collections::HashMap<u64, Vec<usize>> = Default::default();
-    for (i, s) in samples.iter().enumerate() {
-        members.entry(s.group).or_default().push(i);
-    }
     let (mut cal, mut fit) = (Vec::new(), Vec::new());
-    for g in groups {
-        let m = members.remove(&g).unwrap_or_default();
+    for members in super::shuffled_groups(samples.iter().map(|s| s.group), seed) {
         if cal.len() < n_cal {
-            cal.extend(m);
+            cal.extend(members);
         } else {
-            fit.extend(m);
+            fit.extend(members);
         }
     }
     (cal, fit)
