@@ -50,6 +50,9 @@ pub enum Error {
     /// 503: not ready (model loading, database down).
     #[error("{0}")]
     Unavailable(String),
+    /// A job stopped on request (never an HTTP answer: jobs record it as `cancelled`).
+    #[error("cancelled on request")]
+    Cancelled,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0:#}")]
@@ -90,7 +93,7 @@ impl Error {
             Error::Forbidden => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::Cancelled => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -112,6 +115,7 @@ impl Error {
             Error::TooLarge(_) => "too_large",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::Overloaded { .. } => "overloaded",
+            Error::Cancelled => "cancelled",
             Error::Unavailable(_) => "not_ready",
             Error::Database(_) | Error::Internal(_) => "internal",
         }

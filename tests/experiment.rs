@@ -32,6 +32,10 @@ fn experiment_args(extra: &[&str]) -> (sw2s::experiment::ExperimentArgs, tempfil
     (*args, dir)
 }
 
+fn md_has_per_seed(md: &str) -> bool {
+    md.contains("| seed | raw weak labels % | default decisions % |")
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
@@ -40,7 +44,7 @@ fn close(a: f64, b: f64) -> bool {
 fn head_mode_table_has_every_method_and_correct_pgr() {
     let (args, dir) = experiment_args(&["--limit", "400", "--seeds", "2"]);
     let report = sw2s::experiment::run(&args).unwrap();
-    let names: Vec<String> = sw2s::experiment::methods()
+    let names: Vec<String> = sw2s::experiment::catalogue(0.9)
         .iter()
         .map(|m| m.name().to_string())
         .collect();
@@ -97,17 +101,25 @@ fn head_mode_table_has_every_method_and_correct_pgr() {
     let selective = report
         .methods
         .iter()
-        .find(|m| m.name == "full selective")
+        .find(|m| m.name == "full selective (defaults)")
         .unwrap();
     assert!(selective.pik_auroc_strong_train.is_some() && selective.tau.is_some());
     assert!(selective.sources.values().map(|(n, _)| n).sum::<f64>() > 0.0);
+    // Every selective run reports its four stages, and the labels' coverage.
+    for run in &selective.runs {
+        assert_eq!(run.stages.len(), 4);
+        assert!(run.label_coverage.unwrap() > 0.0);
+    }
+    assert!(md_has_per_seed(&report.markdown()));
 
     // The same table on disk, for people and for machines.
     let md = std::fs::read_to_string(dir.path().join("out/results.md")).unwrap();
     assert_eq!(md, report.markdown());
     assert!(md.contains("| method | test acc % (± sd) | PGR (± sd) |"));
+    let table = md.split("Per seed").next().unwrap();
     assert_eq!(
-        md.lines()
+        table
+            .lines()
             .filter(|l| l.starts_with("| ") && !l.starts_with("| method"))
             .count(),
         names.len()
@@ -159,7 +171,7 @@ fn layers_weak_model_and_full_mode_run() {
         "--full-epochs",
         "1",
         "--methods",
-        "weak,strong ceiling,naive weak-to-strong,full selective",
+        "weak,strong ceiling,naive weak-to-strong,full selective (defaults)",
     ]);
     let report = sw2s::experiment::run(&args).unwrap();
     assert_eq!(report.mode, "full");
@@ -177,4 +189,46 @@ fn layers_weak_model_and_full_mode_run() {
         .unwrap_err()
         .to_string()
         .contains("matched none"));
+}
+
+#[test]
+fn class_ratio_and_noise_models_make_an_imbalanced_task() {
+    let (args, _dir) = experiment_args(&[
+        "--class-ratio",
+        "0.2",
+        "--limit",
+        "300",
+        "--seeds",
+        "1",
+        "--weak",
+        "lfs:4",
+        "--methods",
+        "weak,strong ceiling,naive weak-to-strong,full selective (defaults),· target precision 0.9",
+    ]);
+    let report = sw2s::experiment::run(&args).unwrap();
+    assert_eq!(report.rows, 300);
+    assert_eq!(report.weak_model, "lfs:4");
+    let ceiling = report
+        .methods
+        .iter()
+        .find(|m| m.name == "strong ceiling")
+        .unwrap();
+    // The ceiling trains on the truth: its label shares are the data's, 20% first class.
+    assert!(
+        (ceiling.label_shares[0] - 0.2).abs() < 0.08,
+        "{:?}",
+        ceiling.label_shares
+    );
+    let target = report
+        .methods
+        .iter()
+        .find(|m| m.name == "· target precision 0.9")
+        .unwrap();
+    assert!(target.runs[0].target.is_some());
+    assert!(report.markdown().contains("target-precision decisions"));
+    let (bad, _dir) = experiment_args(&["--class-ratio", "1.5"]);
+    assert!(sw2s::experiment::run(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("--class-ratio"));
 }

@@ -152,13 +152,18 @@ async fn lifecycle(backend: Backend) {
     assert_eq!(job["model_version"], 1);
     assert!(job["started_at"].as_i64().unwrap() <= job["finished_at"].as_i64().unwrap());
     assert_eq!(job["metrics"]["pik"]["source"], "trained", "{job}");
-    // AUROC is null when the calibration split holds one class only (this toy task is easy);
-    // the SST-2 end-to-end test checks it on real data.
+    // Every gold example gets a P(IK) from a head that never saw it (cross-fitted).
     assert!(
         job["metrics"]["pik"]["brier"].is_number() && job["metrics"]["pik"]["ece"].is_number(),
         "{job}"
     );
-    assert_eq!(job["metrics"]["pik"]["calibration_examples"], 18);
+    assert_eq!(job["metrics"]["pik"]["calibration_examples"], 60);
+    // The job checked each label-changing stage on gold and says why it is on or off.
+    let stages = job["metrics"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 4, "{job}");
+    assert!(stages
+        .iter()
+        .all(|s| s["reason"].is_string() && s["on"].is_boolean()));
     assert!(
         job["metrics"]["training"]["head"]["epochs_run"]
             .as_u64()

@@ -1,7 +1,8 @@
 //! The method end to end, over HTTP, with the real MiniLM on real data: SST-2 training
 //! sentences with noisy weak labels, a small gold set from "annotators", a `head` job; then
-//! the current decisions must beat both the raw and the refined weak labels, and P(IK) must
-//! rank the strong model's correct predictions above its wrong ones.
+//! the current decisions must be no worse than the refined weak labels and clearly better
+//! than the raw ones, every stage must say on the gold figures why it is on or off, and
+//! P(IK) must rank the strong model's correct predictions above its wrong ones.
 
 mod common;
 
@@ -168,6 +169,9 @@ async fn selective_decisions_beat_weak_labels_on_sst2() {
         "  strong model {strong_acc:.3}; P(IK) AUROC {auroc:.3} (job: {})",
         job["metrics"]["pik"]
     );
+    for stage in job["metrics"]["stages"].as_array().unwrap() {
+        eprintln!("  stage {}: {}", stage["stage"], stage["reason"]);
+    }
     for (source, (count, ok)) in &sources {
         eprintln!(
             "  decisions from {source}: {count}, {:.3} correct",
@@ -179,9 +183,16 @@ async fn selective_decisions_beat_weak_labels_on_sst2() {
         "decisions {decided:.3} vs raw weak {raw:.3}"
     );
     assert!(
-        decided > refined + 0.01,
+        decided >= refined,
         "decisions {decided:.3} vs refined weak {refined:.3}"
     );
+    for stage in job["metrics"]["stages"].as_array().unwrap() {
+        assert!(stage["gold"].as_u64().unwrap() > 0, "{stage}");
+        assert!(
+            stage["reason"].as_str().unwrap().contains("gold labels"),
+            "{stage}"
+        );
+    }
     assert!(auroc > 0.6, "P(IK) AUROC {auroc:.3}");
     s.finish().await;
 }

@@ -38,6 +38,7 @@ async fn smoothing_settings_on_sst2() {
                 ClassBalance::None,
                 ClassBalance::WeakPrior,
                 ClassBalance::Uniform,
+                ClassBalance::Estimated,
             ] {
                 for self_weight in [1.0f32, 0.5, 0.0] {
                     let mut refined = vec![];

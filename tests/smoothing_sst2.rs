@@ -1,6 +1,7 @@
 //! Graph smoothing on real data: SST-2 sentences embedded with the real MiniLM, weak labels
-//! from two simulated labelers, ingested over HTTP. Smoothing must make the weak labels more
-//! accurate against gold.
+//! from two simulated labelers, ingested over HTTP. Turned on (as a user may do on a task
+//! known to be balanced), smoothing must make the weak labels more accurate; left at its
+//! default with no gold label to check it against, it must leave them as they are.
 
 mod common;
 
@@ -10,12 +11,20 @@ use serde_json::{json, Value};
 
 const N: usize = 1200;
 
-async fn ingest(s: &TestServer, task: &str, texts: &[(String, String)], weak: &[usize]) {
-    s.post(
-        "/v1/tasks",
-        &json!({"name": task, "labels": ["negative", "positive"]}),
-    )
-    .await;
+async fn ingest(
+    s: &TestServer,
+    task: &str,
+    settings: Value,
+    texts: &[(String, String)],
+    weak: &[usize],
+) {
+    let (status, body) = s
+        .post(
+            "/v1/tasks",
+            &json!({"name": task, "labels": ["negative", "positive"], "settings": settings}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     for (chunk, labels) in texts.chunks(100).zip(weak.chunks(100)) {
         let examples: Vec<Value> = chunk
             .iter()
@@ -91,8 +100,9 @@ async fn smoothing_improves_noisy_weak_labels_on_sst2() {
         .await
         .unwrap();
     let mut report = vec![];
+    let on = json!({"smoothing": "on", "class_balance": "uniform"});
     for (task, weak) in [("symmetric", &symmetric), ("skewed", &skewed)] {
-        ingest(&s, task, &texts, weak).await;
+        ingest(&s, task, on.clone(), &texts, weak).await;
         let refined = refined_labels(&s, task).await;
         let raw_acc = weak.iter().zip(&gold).filter(|(w, g)| w == g).count() as f64 / N as f64;
         let refined_acc = rows
@@ -111,5 +121,32 @@ async fn smoothing_improves_noisy_weak_labels_on_sst2() {
             "{task}: smoothing did not help: raw {raw:.3}, refined {refined:.3}"
         );
     }
+    // Defaults, no gold: nothing can check smoothing, so it is bypassed and the refined
+    // labels are the weak labels; the graph's own output is still there to see.
+    ingest(&s, "unchecked", json!({}), &texts, &skewed).await;
+    let refined = refined_labels(&s, "unchecked").await;
+    let same = rows
+        .iter()
+        .zip(&skewed)
+        .filter(|(r, &w)| refined[&r.id] == ["negative", "positive"][w])
+        .count();
+    assert_eq!(
+        same, N,
+        "with smoothing unchecked the refined labels are the weak ones"
+    );
+    let (_, example) = s
+        .get(&format!("/v1/tasks/unchecked/examples/{}", rows[0].id))
+        .await;
+    assert!(example["smoothed"]["label"].is_string(), "{example}");
+    let (_, report) = s.get("/v1/tasks/unchecked/report").await;
+    assert_eq!(report["stages"][1]["stage"], "smoothing");
+    assert_eq!(report["stages"][1]["on"], false, "{report}");
+    assert!(
+        report["stages"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bypassed"),
+        "{report}"
+    );
     s.finish().await;
 }

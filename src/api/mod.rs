@@ -6,6 +6,7 @@ pub mod examples;
 pub mod health;
 pub mod jobs;
 pub mod predict;
+pub mod sources;
 pub mod tasks;
 
 use std::sync::{Arc, OnceLock};
@@ -75,6 +76,7 @@ pub fn router(service: Arc<Service>, config: &HttpConfig) -> Router {
         .merge(predict::router())
         .merge(decisions::router())
         .merge(jobs::router())
+        .merge(sources::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(health::router())
@@ -265,6 +267,8 @@ impl Modify for BearerAuth {
         jobs::retry_job,
         jobs::list_models,
         jobs::activate,
+        sources::sources,
+        sources::report,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth),
@@ -276,6 +280,7 @@ impl Modify for BearerAuth {
         (name = "model", description = "Embeddings and predictions"),
         (name = "decisions", description = "Decided labels, their provenance, and what to review"),
         (name = "jobs", description = "Selective fine-tuning jobs and model versions"),
+        (name = "quality", description = "Weak sources, safeguards and calibration: what a task's labels rest on"),
     )
 )]
 pub struct ApiDoc;

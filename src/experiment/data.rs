@@ -74,6 +74,43 @@ pub fn label_names(rows: &[Row]) -> Vec<String> {
         .unwrap_or_else(|| (0..k).map(|i| format!("class{i}")).collect())
 }
 
+/// Subsamples `rows` so that the first class (label 0) makes up `ratio` of them: an
+/// imbalanced task from a balanced dataset. Rows are taken in file order within each class
+/// (deterministic), as many as the rarer side allows, at most `limit`, and keep file order.
+pub fn with_class_ratio(
+    rows: Vec<Row>,
+    ratio: f64,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Row>> {
+    if !(ratio > 0.0 && ratio < 1.0) {
+        bail!("--class-ratio must be in (0, 1), got {ratio}");
+    }
+    let first = rows.iter().filter(|r| r.label == 0).count();
+    let rest = rows.len() - first;
+    let most = ((first as f64 / ratio).floor() as usize)
+        .min((rest as f64 / (1.0 - ratio)).floor() as usize);
+    let total = limit.map_or(most, |l| l.min(most));
+    let want_first = (total as f64 * ratio).round() as usize;
+    let want_rest = total - want_first;
+    if want_first == 0 || want_rest == 0 {
+        bail!("--class-ratio {ratio} leaves no row of one side ({first} rows of the first class, {rest} others)");
+    }
+    let (mut a, mut b) = (0, 0);
+    let kept: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| {
+            if r.label == 0 {
+                a += 1;
+                a <= want_first
+            } else {
+                b += 1;
+                b <= want_rest
+            }
+        })
+        .collect();
+    check(kept)
+}
+
 /// Row indices of the three parts.
 #[derive(Debug, Clone)]
 pub struct Split {
@@ -102,6 +139,30 @@ pub fn split(rows: &[Row], seed: u64, weak_frac: f64, strong_frac: f64) -> Split
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_ratio_subsamples_the_first_class() {
+        let rows: Vec<Row> = (0..1000)
+            .map(|i| Row {
+                id: format!("r{i}"),
+                text: String::new(),
+                label: i % 2,
+                label_names: vec![],
+                group: None,
+            })
+            .collect();
+        let sub = with_class_ratio(rows.clone(), 0.1, Some(300)).unwrap();
+        assert_eq!(sub.len(), 300);
+        assert_eq!(sub.iter().filter(|r| r.label == 0).count(), 30);
+        // Without a limit: as many as the other class allows (555 rows, 56 of the first).
+        let sub = with_class_ratio(rows.clone(), 0.1, None).unwrap();
+        assert_eq!(sub.len(), 555);
+        assert_eq!(sub.iter().filter(|r| r.label == 0).count(), 56);
+        // File order is kept.
+        let ids: Vec<usize> = sub.iter().map(|r| r.id[1..].parse().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(with_class_ratio(rows, 1.5, None).is_err());
+    }
 
     #[test]
     fn split_keeps_groups_together_and_is_seeded() {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::data::{label_names, Row};
+use super::methods::DEFAULT_METHOD;
 use super::{ExperimentArgs, Method, Run};
 use crate::method::metrics::mean_std;
 
@@ -17,6 +18,8 @@ pub struct MethodRow {
     pub accuracy_mean: f64,
     pub accuracy_std: f64,
     pub accuracies: Vec<f64>,
+    pub macro_f1: f64,
+    pub balanced_accuracy: f64,
     /// (accuracy − weak) / (ceiling − weak), from the means over seeds.
     pub pgr: Option<f64>,
     /// Spread of the per-seed PGRs.
@@ -32,6 +35,13 @@ pub struct MethodRow {
     pub label_accuracy: Option<f64>,
     /// Mean share of each class among those labels.
     pub label_shares: Vec<f64>,
+    pub label_macro_f1: Option<f64>,
+    pub label_coverage: Option<f64>,
+    /// Per stage: in how many seeds it was on.
+    pub stages_on: BTreeMap<String, usize>,
+    pub decision_ece: Option<f64>,
+    /// Target precision on strong-train: mean precision and coverage over seeds.
+    pub target_precision: Option<(f64, f64)>,
     pub seconds: f64,
     pub runs: Vec<Run>,
 }
@@ -111,6 +121,9 @@ impl Report {
                     accuracy_mean: mean,
                     accuracy_std: std,
                     accuracies: a.clone(),
+                    macro_f1: mean_of(runs[i].iter().map(|r| Some(r.macro_f1))).unwrap_or(f64::NAN),
+                    balanced_accuracy: mean_of(runs[i].iter().map(|r| Some(r.balanced_accuracy)))
+                        .unwrap_or(f64::NAN),
                     pgr: match (weak_mean, ceiling_mean) {
                         (Some(w), Some(c)) => pgr(mean, w, c),
                         _ => None,
@@ -144,6 +157,32 @@ impl Report {
                                     .unwrap_or(0.0)
                             })
                             .collect()
+                    },
+                    label_macro_f1: mean_of(runs[i].iter().map(|r| r.label_macro_f1)),
+                    label_coverage: mean_of(runs[i].iter().map(|r| r.label_coverage)),
+                    stages_on: {
+                        let mut on: BTreeMap<String, usize> = BTreeMap::new();
+                        for r in &runs[i] {
+                            for st in &r.stages {
+                                *on.entry(st.stage.as_str().to_string()).or_default() +=
+                                    usize::from(st.on);
+                            }
+                        }
+                        on
+                    },
+                    decision_ece: mean_of(runs[i].iter().map(|r| r.decision_ece)),
+                    target_precision: {
+                        let p = mean_of(
+                            runs[i]
+                                .iter()
+                                .map(|r| r.target.as_ref().and_then(|t| t.precision)),
+                        );
+                        let c = mean_of(
+                            runs[i]
+                                .iter()
+                                .map(|r| r.target.as_ref().map(|t| t.coverage)),
+                        );
+                        p.zip(c)
                     },
                     seconds: runs[i].iter().map(|r| r.seconds).sum(),
                     runs: runs[i].clone(),
@@ -188,8 +227,8 @@ impl Report {
                 " — under 3 points: PGR is not meaningful (n/m)"
             }
         );
-        out += "| method | test acc % (± sd) | PGR (± sd) | labels acc % | label class shares % | P(IK) AUROC gold / MSP / strong-train | P(IK) ECE | τ | strong-train labels: source n (acc %) |\n";
-        out += "|---|---|---|---|---|---|---|---|---|\n";
+        out += "| method | test acc % (± sd) | PGR (± sd) | test macro-F1 / bal. acc | labels acc % | labels macro-F1 | coverage % | label class shares % | stages on (source model / smoothing / strong / decision targets) | decision ECE | P(IK) AUROC gold / MSP / strong-train | τ | strong-train labels: source n (acc %) |\n";
+        out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for m in &self.methods {
             let pgr = match (m.pgr, self.pgr_meaningful) {
                 (Some(p), true) => format!("{p:.2} (± {})", opt(m.pgr_std, 2)),
@@ -210,8 +249,8 @@ impl Report {
                 .sources
                 .iter()
                 .map(|(s, (n, acc))| match s.as_str() {
-                    // Dropped examples carry no label, so no accuracy.
-                    "dropped" => format!("{s} {n:.0}"),
+                    // Abstentions carry no label, so no accuracy.
+                    "abstain" | "none" => format!("{s} {n:.0}"),
                     _ => format!("{s} {n:.0} ({})", pct(*acc)),
                 })
                 .collect::<Vec<_>>()
@@ -225,16 +264,31 @@ impl Report {
                     .collect::<Vec<_>>()
                     .join("/")
             };
+            let stages = if m.stages_on.is_empty() {
+                "–".to_string()
+            } else {
+                ["source_model", "smoothing", "strong", "decision_targets"]
+                    .iter()
+                    .map(|s| format!("{}", m.stages_on.get(*s).copied().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+                    + &format!(" of {}", m.runs.len())
+            };
             out += &format!(
-                "| {} | {} (± {}) | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} (± {}) | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 m.name,
                 pct(m.accuracy_mean),
                 pct(m.accuracy_std),
                 pgr,
+                opt(Some(m.macro_f1), 3),
+                opt(Some(m.balanced_accuracy), 3),
                 m.label_accuracy.map(pct).unwrap_or_else(|| "–".into()),
+                opt(m.label_macro_f1, 3),
+                m.label_coverage.map(pct).unwrap_or_else(|| "–".into()),
                 shares,
+                stages,
+                opt(m.decision_ece, 3),
                 pik,
-                opt(m.pik_ece, 3),
                 opt(m.tau, 2),
                 if sources.is_empty() {
                     "–".into()
@@ -242,6 +296,58 @@ impl Report {
                     sources
                 }
             );
+        }
+        out += &self.per_seed();
+        out
+    }
+}
+
+impl Report {
+    fn row(&self, name: &str) -> Option<&MethodRow> {
+        self.methods.iter().find(|m| m.name == name)
+    }
+
+    /// The first principle, seed by seed: the default decisions against the raw weak labels
+    /// (label accuracy) and the final model against naive weak-to-strong (test accuracy);
+    /// and what the target-precision method accepted.
+    fn per_seed(&self) -> String {
+        let (Some(d), Some(n)) = (self.row(DEFAULT_METHOD), self.row("naive weak-to-strong"))
+        else {
+            return String::new();
+        };
+        let pct = |x: Option<f64>| {
+            x.map(|v| format!("{:.1}", 100.0 * v))
+                .unwrap_or_else(|| "–".into())
+        };
+        let mut out = "\nPer seed — raw weak labels vs the default decisions (label accuracy on strong-train), naive weak-to-strong vs the default (test accuracy):\n\n| seed | raw weak labels % | default decisions % | naive test % | default test % |".to_string();
+        let target = self
+            .methods
+            .iter()
+            .find(|m| m.name.starts_with("· target precision"));
+        if target.is_some() {
+            out += " target-precision decisions: precision % (coverage %) |";
+        }
+        out += "\n|---|---|---|---|---|";
+        if target.is_some() {
+            out += "---|";
+        }
+        out += "\n";
+        for (i, (dr, nr)) in d.runs.iter().zip(&n.runs).enumerate() {
+            out += &format!(
+                "| {} | {} | {} | {} | {} |",
+                i + 1,
+                pct(nr.label_accuracy),
+                pct(dr.label_accuracy),
+                pct(Some(nr.accuracy)),
+                pct(Some(dr.accuracy))
+            );
+            if let Some(t) = target
+                .and_then(|t| t.runs.get(i))
+                .and_then(|r| r.target.as_ref())
+            {
+                out += &format!(" {} ({}) |", pct(t.precision), pct(Some(t.coverage)));
+            }
+            out += "\n";
         }
         out
     }

@@ -44,9 +44,14 @@ pub enum ClassBalance {
     /// Class mass normalisation (Zhu et al. 2003) to the weak labels' class proportions.
     WeakPrior,
     /// Each class's F divided by its total mass: a node takes the class whose share it holds
-    /// most of, relative to that class's share overall. Resists drift and class-dependent
-    /// noise alike.
+    /// most of, relative to that class's share overall. Resists drift on balanced tasks and
+    /// pulls an imbalanced task's labels towards equal shares (it makes them worse there).
     Uniform,
+    /// The refined labels' class shares follow the task's estimated class prior (gold labels,
+    /// or the model of the weak sources; see `method::prior`): each class's mass-normalised
+    /// F is weighted so that the argmax gives each class its prior share of the examples.
+    /// Until a prior is set, the weak labels' class proportions stand in.
+    Estimated,
 }
 
 /// A new example (or a new weak aggregate for a known one).
@@ -99,8 +104,141 @@ pub struct TaskGraph {
     /// Column sums of F and Y (for class balancing), kept up to date incrementally.
     mass_f: Vec<f64>,
     mass_y: Vec<f64>,
+    /// The estimated class prior that `ClassBalance::Estimated` balances towards.
+    prior: Option<Vec<f64>>,
+    /// Per-class weights that make the refined labels' shares follow the prior; refitted at
+    /// every full pass and prior change, kept between them.
+    share_weights: Vec<f32>,
     /// Identifies the embeddings (the encoder that made them).
     pub encoder_id: String,
+}
+
+/// How much of the direct (1−α)·Y term the readout removes.
+fn self_discount(settings: GraphSettings) -> f32 {
+    (1.0 - settings.self_weight) * (1.0 - settings.alpha)
+}
+
+/// Per-class factors of the readout: the class's target over its mass in the readout,
+/// Σ_i (F_ic − discount·Y_ic). `Estimated` targets equal masses, then weights the classes
+/// (`weights`, from [`share_weights`]) so that the shares of the argmax follow the prior.
+fn scale_for(settings: GraphSettings, weights: &[f32], mass_f: &[f64], mass_y: &[f64]) -> Vec<f32> {
+    let discount = self_discount(settings) as f64;
+    mass_f
+        .iter()
+        .zip(mass_y)
+        .enumerate()
+        .map(|(c, (&f, &y))| {
+            let target = match settings.class_balance {
+                ClassBalance::None => None,
+                ClassBalance::WeakPrior => Some(y),
+                ClassBalance::Uniform => Some(1.0),
+                ClassBalance::Estimated => Some(weights.get(c).copied().unwrap_or(1.0) as f64),
+            };
+            match target {
+                Some(q) if f - discount * y > 1e-12 && q > 0.0 => (q / (f - discount * y)) as f32,
+                _ => 1.0,
+            }
+        })
+        .collect()
+}
+
+/// Class weights for `Estimated` balance: with each class's readout divided by its mass,
+/// the weights w make the share of nodes whose argmax of w_c·h_ic is c equal the prior
+/// (the weak labels' shares without one). Two classes: the exact quantile of the score
+/// ratio; more: damped iterative scaling. Other balances: all ones.
+fn share_weights(
+    settings: GraphSettings,
+    prior: Option<&[f64]>,
+    f: &[f32],
+    y: &[f32],
+    mass_f: &[f64],
+    mass_y: &[f64],
+    classes: usize,
+) -> Vec<f32> {
+    let ones = vec![1.0f32; classes];
+    if settings.class_balance != ClassBalance::Estimated || classes < 2 {
+        return ones;
+    }
+    let target: Vec<f64> = match prior {
+        Some(p) if p.len() == classes => p.to_vec(),
+        _ => {
+            let total: f64 = mass_y.iter().sum();
+            if total <= 0.0 {
+                return ones;
+            }
+            mass_y.iter().map(|m| m / total).collect()
+        }
+    };
+    let uniform = GraphSettings {
+        class_balance: ClassBalance::Uniform,
+        ..settings
+    };
+    let scale = scale_for(uniform, &ones, mass_f, mass_y);
+    let n = f.len() / classes;
+    let rows: Vec<Vec<f32>> = (0..n as u32)
+        .filter_map(|node| readout(uniform, f, y, node, classes, &scale))
+        .collect();
+    if rows.is_empty() {
+        return ones;
+    }
+    if classes == 2 {
+        // Class 1 wins where w·h1 > h0, i.e. log(h1/h0) > −log w: put the cut at the
+        // (1 − π1) quantile of the log ratios.
+        let mut ratios: Vec<f64> = rows
+            .iter()
+            .map(|r| ((r[1] as f64).max(1e-12) / (r[0] as f64).max(1e-12)).ln())
+            .collect();
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        let cut = ((1.0 - target[1]) * ratios.len() as f64).round() as usize;
+        let t = match cut {
+            0 => ratios[0] - 1e-6,
+            c if c >= ratios.len() => ratios[ratios.len() - 1] + 1e-6,
+            c => (ratios[c - 1] + ratios[c]) / 2.0,
+        };
+        return vec![1.0, (-t).exp() as f32];
+    }
+    let mut w = vec![1.0f64; classes];
+    for _ in 0..200 {
+        let mut counts = vec![0usize; classes];
+        for r in &rows {
+            let best = (0..classes)
+                .max_by(|&a, &b| (w[a] * r[a] as f64).total_cmp(&(w[b] * r[b] as f64)))
+                .unwrap_or(0);
+            counts[best] += 1;
+        }
+        let mut moved = 0.0f64;
+        for c in 0..classes {
+            let share = (counts[c] as f64 / rows.len() as f64).max(1e-4);
+            let step = (target[c].max(1e-4) / share).powf(0.3);
+            w[c] *= step;
+            moved = moved.max((step - 1.0).abs());
+        }
+        if moved < 1e-3 {
+            break;
+        }
+    }
+    let max = w.iter().cloned().fold(f64::MIN, f64::max);
+    w.iter().map(|v| (v / max) as f32).collect()
+}
+
+/// One node's refined label: h = F − discount·Y, class-scaled, normalised.
+fn readout(
+    settings: GraphSettings,
+    f: &[f32],
+    y: &[f32],
+    node: u32,
+    classes: usize,
+    scale: &[f32],
+) -> Option<Vec<f32>> {
+    let discount = self_discount(settings);
+    let range = node as usize * classes..(node as usize + 1) * classes;
+    let row: Vec<f32> = f[range.clone()]
+        .iter()
+        .zip(&y[range])
+        .zip(scale)
+        .map(|((f, y), s)| (f - discount * y).max(0.0) * s)
+        .collect();
+    normalize(&row)
 }
 
 fn label_of(r: &[f32]) -> Option<usize> {
@@ -127,6 +265,8 @@ impl TaskGraph {
             updates_since_full: 0,
             mass_f: vec![0.0; classes],
             mass_y: vec![0.0; classes],
+            prior: None,
+            share_weights: vec![1.0; classes],
             encoder_id: encoder_id.to_string(),
         })
     }
@@ -189,40 +329,93 @@ impl TaskGraph {
 
     /// Per-class factors applied before normalising a row of F.
     fn class_scale(&self) -> Vec<f32> {
-        let prior = |y: f64| match self.settings.class_balance {
-            ClassBalance::None => None,
-            ClassBalance::WeakPrior => Some(y),
-            ClassBalance::Uniform => Some(1.0),
-        };
-        let discount = self.self_discount() as f64;
-        self.mass_f
-            .iter()
-            .zip(&self.mass_y)
-            .map(|(&f, &y)| match prior(y) {
-                // The mass of the readout: Σ_i (F_ic − discount·Y_ic).
-                Some(q) if f - discount * y > 1e-12 && q > 0.0 => (q / (f - discount * y)) as f32,
-                _ => 1.0,
-            })
-            .collect()
+        scale_for(
+            self.settings,
+            &self.share_weights,
+            &self.mass_f,
+            &self.mass_y,
+        )
     }
 
-    /// How much of the direct (1−α)·Y term the readout removes.
-    fn self_discount(&self) -> f32 {
-        (1.0 - self.settings.self_weight) * (1.0 - self.settings.alpha)
+    /// Refits the share weights to the prior (or the weak labels' shares without one).
+    fn refit_share_weights(&mut self) {
+        self.share_weights = share_weights(
+            self.settings,
+            self.prior.as_deref(),
+            &self.f,
+            &self.y,
+            &self.mass_f,
+            &self.mass_y,
+            self.classes,
+        );
+    }
+
+    /// Sets the estimated class prior; when it changes the refined labels of every node are
+    /// re-read (no propagation is needed: the prior only rescales the readout).
+    pub fn set_prior(&mut self, prior: Option<Vec<f64>>) -> UpdateReport {
+        let prior = prior.filter(|p| p.len() == self.classes);
+        if prior == self.prior {
+            return UpdateReport::default();
+        }
+        self.prior = prior;
+        self.refit_share_weights();
+        let all: Vec<u32> = (0..self.len() as u32).collect();
+        UpdateReport {
+            full_pass: false,
+            region: all.len(),
+            changes: self.collect_changes(&all),
+        }
+    }
+
+    pub fn prior(&self) -> Option<&[f64]> {
+        self.prior.as_deref()
+    }
+
+    /// The refined labels the graph would give if the weak aggregates were `weak` (by example
+    /// id; examples not named keep theirs), balanced by `balance` towards `prior`: a full
+    /// pass on a copy, leaving the graph as it is. Used to check smoothing on gold before
+    /// adopting new aggregates, and by the experiment to compare variants on one graph.
+    pub fn refined_with(
+        &self,
+        weak: &HashMap<i64, Option<Vec<f32>>>,
+        balance: ClassBalance,
+        prior: Option<&[f64]>,
+    ) -> HashMap<i64, Option<Vec<f32>>> {
+        let c = self.classes;
+        let mut y = self.y.clone();
+        for (id, w) in weak {
+            if let Some(&node) = self.nodes.get(id) {
+                let row = &mut y[node as usize * c..(node as usize + 1) * c];
+                match w {
+                    Some(w) if w.len() == c => row.copy_from_slice(w),
+                    _ => row.iter_mut().for_each(|v| *v = 0.0),
+                }
+            }
+        }
+        let f = full_pass(&self.graph, &y, &self.params()).0;
+        let mut mass_f = vec![0.0f64; c];
+        let mut mass_y = vec![0.0f64; c];
+        for node in 0..self.len() as u32 {
+            Self::add_mass(&mut mass_f, &f, node, 1.0);
+            Self::add_mass(&mut mass_y, &y, node, 1.0);
+        }
+        let settings = GraphSettings {
+            class_balance: balance,
+            ..self.settings
+        };
+        let prior = prior.or(self.prior.as_deref());
+        let weights = share_weights(settings, prior, &f, &y, &mass_f, &mass_y, c);
+        let scale = scale_for(settings, &weights, &mass_f, &mass_y);
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(node, &id)| (id, readout(settings, &f, &y, node as u32, c, &scale)))
+            .collect()
     }
 
     /// The readout h_i = F_i − discount·Y_i, class-scaled, normalised.
     fn refined_row(&self, node: u32, scale: &[f32]) -> Option<Vec<f32>> {
-        let discount = self.self_discount();
-        let f = Self::row(&self.f, node, self.classes);
-        let y = Self::row(&self.y, node, self.classes);
-        let row: Vec<f32> = f
-            .iter()
-            .zip(y)
-            .zip(scale)
-            .map(|((f, y), s)| (f - discount * y).max(0.0) * s)
-            .collect();
-        normalize(&row)
+        readout(self.settings, &self.f, &self.y, node, self.classes, scale)
     }
 
     /// Adds new examples and new weak aggregates, then updates the refined labels: the
@@ -353,6 +546,7 @@ impl TaskGraph {
             Self::add_mass(&mut self.mass_f, &self.f, node, 1.0);
             Self::add_mass(&mut self.mass_y, &self.y, node, 1.0);
         }
+        self.refit_share_weights();
     }
 
     fn collect_changes(&mut self, nodes: &[u32]) -> Vec<RefinedChange> {
@@ -568,6 +762,8 @@ impl TaskGraph {
             updates_since_full: since_full as u32,
             mass_f: vec![],
             mass_y: vec![],
+            prior: None,
+            share_weights: vec![1.0; classes],
             encoder_id,
         };
         graph.recompute_masses();

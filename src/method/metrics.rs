@@ -1,4 +1,5 @@
-//! Evaluation metrics: accuracy, AUROC, expected calibration error, Brier score.
+//! Evaluation metrics: accuracy, macro-F1 and balanced accuracy (which imbalanced tasks need
+//! beside accuracy), AUROC, expected calibration error, Brier score.
 
 pub fn accuracy(pred: &[usize], gold: &[usize]) -> f64 {
     if gold.is_empty() {
@@ -70,6 +71,49 @@ pub fn brier(probs: &[f32], outcomes: &[bool]) -> f64 {
         / probs.len() as f64
 }
 
+/// Per-class (true positives, predicted, actual) counts; `None` predictions are misses.
+fn per_class(pred: &[Option<usize>], gold: &[usize], k: usize) -> Vec<(usize, usize, usize)> {
+    let mut c = vec![(0, 0, 0); k];
+    for (p, &g) in pred.iter().zip(gold) {
+        if g < k {
+            c[g].2 += 1;
+        }
+        if let Some(p) = p.filter(|&p| p < k) {
+            c[p].1 += 1;
+            if p == g {
+                c[p].0 += 1;
+            }
+        }
+    }
+    c
+}
+
+/// Unweighted mean of the per-class F1 scores over the classes present in `gold` or `pred`.
+pub fn macro_f1(pred: &[Option<usize>], gold: &[usize], k: usize) -> f64 {
+    let scores: Vec<f64> = per_class(pred, gold, k)
+        .into_iter()
+        .filter(|&(_, p, a)| p + a > 0)
+        .map(|(tp, p, a)| 2.0 * tp as f64 / (p + a) as f64)
+        .collect();
+    if scores.is_empty() {
+        return f64::NAN;
+    }
+    scores.iter().sum::<f64>() / scores.len() as f64
+}
+
+/// Mean recall over the classes present in `gold`.
+pub fn balanced_accuracy(pred: &[Option<usize>], gold: &[usize], k: usize) -> f64 {
+    let recalls: Vec<f64> = per_class(pred, gold, k)
+        .into_iter()
+        .filter(|&(_, _, a)| a > 0)
+        .map(|(tp, _, a)| tp as f64 / a as f64)
+        .collect();
+    if recalls.is_empty() {
+        return f64::NAN;
+    }
+    recalls.iter().sum::<f64>() / recalls.len() as f64
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
     if values.is_empty() {
@@ -120,6 +164,23 @@ mod tests {
         let outcomes: Vec<bool> = (0..10).map(|i| i < 5).collect();
         assert!((ece(&probs, &outcomes, 10) - 0.3).abs() < 1e-6);
         assert!((brier(&[0.5, 0.5], &[true, false]) - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn imbalance_aware_metrics() {
+        // 9 negatives, 1 positive; always predicting negative: accuracy 0.9, but balanced
+        // accuracy 0.5 and macro-F1 0.47.
+        let gold: Vec<usize> = (0..10).map(|i| usize::from(i == 9)).collect();
+        let all_neg = vec![Some(0); 10];
+        assert!((balanced_accuracy(&all_neg, &gold, 2) - 0.5).abs() < 1e-12);
+        assert!((macro_f1(&all_neg, &gold, 2) - (18.0 / 19.0) / 2.0).abs() < 1e-12);
+        let perfect: Vec<Option<usize>> = gold.iter().map(|&g| Some(g)).collect();
+        assert_eq!(macro_f1(&perfect, &gold, 2), 1.0);
+        assert_eq!(balanced_accuracy(&perfect, &gold, 2), 1.0);
+        // A missing prediction is a miss for recall.
+        let mut missing = perfect.clone();
+        missing[9] = None;
+        assert!((balanced_accuracy(&missing, &gold, 2) - 0.5).abs() < 1e-12);
     }
 
     #[test]

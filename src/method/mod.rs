@@ -2,8 +2,13 @@
 //! selection rule, metrics and head training. Nothing here does I/O; tests call it directly.
 //! Label spreading lives with the graph (`graph::spreading`).
 
+pub mod confidence;
+pub mod label_model;
 pub mod metrics;
 pub mod pik;
+pub mod pipeline;
+pub mod prior;
+pub mod safeguard;
 pub mod selection;
 pub mod selective;
 pub mod training;

@@ -57,6 +57,12 @@ pub struct Manifest {
     /// Training settings and curve summary.
     #[schema(value_type = Object)]
     pub training: Value,
+    /// The task's decision pipeline fitted on gold at this job (stages on/off and why, the
+    /// class prior, the source model, the trust model, the decision policy); read by the
+    /// service. Absent in versions made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub pipeline: Option<Value>,
 }
 
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -67,6 +73,15 @@ pub fn version_dir(data_dir: &Path, task_id: i64, version: i64) -> PathBuf {
         .join("versions")
         .join(format!("task-{task_id}"))
         .join(format!("v{version}"))
+}
+
+/// Where a running job stages its files (a fine-tuned encoder) before they become a
+/// version: `DATA_DIR/versions/task-<id>/.job-<job>`, removed when the job ends.
+pub fn staging_dir(data_dir: &Path, task_id: i64, job_id: i64) -> PathBuf {
+    data_dir
+        .join("versions")
+        .join(format!("task-{task_id}"))
+        .join(format!(".job-{job_id}"))
 }
 
 /// Writes `heads.safetensors`, `manifest.json` and any extra files (a fine-tuned encoder) to

@@ -1,16 +1,65 @@
-//! Scoring examples with the active model version and recording decisions (DESIGN.md §1.5).
-//! A decision row is appended when an example's (label, source) changes; the example row
-//! always carries the latest scores and its current decision.
+//! Scoring examples with the active model version and recording decisions. A decision row
+//! is appended when an example's (label, source) changes; the example row always carries the
+//! latest scores, the refined weak label in force, and its current decision with its
+//! calibrated confidence.
 
 use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::versions::LoadedVersion;
 use super::{dist_json, parse_dist, Service, TaskCtx};
 use crate::error::Result;
+use crate::method::confidence::{uncalibrated_weak, WeakEvidence};
 use crate::method::pik::{msp, PikSource};
-use crate::method::selection::{decide, DecisionSource, Inputs};
-use crate::store::examples::{self, Scores};
+use crate::method::pipeline::PipelineFit;
+use crate::method::safeguard::StageMode;
+use crate::method::selection::{decide, DecisionSource, Inputs, Rule, StrongSide, WeakSide};
+use crate::method::selective::Policy;
+use crate::method::weak::argmax;
+use crate::store::examples::{self, Scores, WeakLabelRow};
 use crate::store::{bytes_to_f32s, decisions, now_ms};
+
+/// Where a decision's confidence comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfidenceSource {
+    /// A human label.
+    Gold,
+    /// A trained P(IK) head.
+    PIk,
+    /// The strong model's maximum softmax probability (too few gold labels; uncalibrated).
+    Msp,
+    /// The weak-side trust model, trained on gold.
+    Trust,
+    /// The refined weak label's own probability (too few gold labels; uncalibrated).
+    RefinedProbability,
+}
+
+impl ConfidenceSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfidenceSource::Gold => "gold",
+            ConfidenceSource::PIk => "p_ik",
+            ConfidenceSource::Msp => "msp",
+            ConfidenceSource::Trust => "trust",
+            ConfidenceSource::RefinedProbability => "refined_probability",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ConfidenceSource::Gold,
+            ConfidenceSource::PIk,
+            ConfidenceSource::Msp,
+            ConfidenceSource::Trust,
+            ConfidenceSource::RefinedProbability,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
 
 /// An example's current decision, as the API reports it.
 #[derive(Debug, Clone)]
@@ -20,6 +69,10 @@ pub struct Current {
     pub source: DecisionSource,
     pub p_ik: Option<f32>,
     pub p_ik_source: PikSource,
+    pub confidence: Option<f32>,
+    pub confidence_source: Option<ConfidenceSource>,
+    /// What an abstaining decision would have said.
+    pub suggested: Option<usize>,
     pub reason: String,
     pub refined_label: Option<usize>,
     pub changed: bool,
@@ -57,6 +110,101 @@ pub fn tau_for(task: &TaskCtx, version: Option<&LoadedVersion>) -> f32 {
     }
 }
 
+/// How a task decides now: the active version's pipeline (fitted on gold at its job), or,
+/// before any, the unchecked defaults (stages in `auto` stay off: nothing has checked them).
+pub struct Decider<'a> {
+    pub pipeline: Option<&'a PipelineFit>,
+    pub rule: Rule,
+    pub smoothing_on: bool,
+}
+
+impl<'a> Decider<'a> {
+    pub fn new(task: &TaskCtx, version: Option<&'a LoadedVersion>) -> Self {
+        let s = &task.settings;
+        let tau = tau_for(task, version);
+        let pipeline = version.and_then(|v| v.pipeline.as_ref());
+        // A setting forced after the fit wins over the fitted decision.
+        let forced = |mode: StageMode, fitted: bool| match mode {
+            StageMode::On => true,
+            StageMode::Off => false,
+            StageMode::Auto => fitted,
+        };
+        match pipeline {
+            Some(p) => {
+                let mut rule = p.policy.rule();
+                rule.strong = forced(s.strong, rule.strong);
+                rule.tau = tau;
+                // The target-precision threshold is fitted at a job; without a target, none.
+                if s.target_precision.is_none() {
+                    rule.abstain_below = None;
+                }
+                Decider {
+                    pipeline,
+                    rule,
+                    smoothing_on: forced(s.smoothing, p.smoothing.on),
+                }
+            }
+            None => Decider {
+                pipeline: None,
+                rule: Policy::unchecked(s.strong, s.selection, tau, "no model version yet").rule(),
+                smoothing_on: s.smoothing == StageMode::On,
+            },
+        }
+    }
+
+    /// The refined weak label in force: smoothed when smoothing is on (and the example is in
+    /// the graph), else the weak aggregate.
+    pub fn refined(&self, weak: Option<Vec<f32>>, smoothed: Option<Vec<f32>>) -> Option<Vec<f32>> {
+        if self.smoothing_on {
+            smoothed.or(weak)
+        } else {
+            weak
+        }
+    }
+
+    /// The weak side's proposal and its confidence.
+    pub fn weak_side(
+        &self,
+        refined: &[f32],
+        aggregate: Option<&[f32]>,
+        smoothed: Option<&[f32]>,
+        votes: &[WeakLabelRow],
+    ) -> Option<(WeakSide, ConfidenceSource)> {
+        let label = argmax(refined)?;
+        let agreeing = votes
+            .iter()
+            .filter(|v| parse_dist(Some(&v.scores)).and_then(|s| argmax(&s)) == Some(label))
+            .count() as f32
+            / votes.len().max(1) as f32;
+        let evidence = WeakEvidence {
+            label,
+            refined,
+            aggregate,
+            smoothed,
+            votes: votes.len(),
+            agreeing,
+        };
+        Some(match self.pipeline.and_then(|p| p.trust.as_ref()) {
+            Some(trust) => (
+                WeakSide {
+                    label,
+                    confidence: trust.predict(&evidence),
+                    calibrated: true,
+                },
+                ConfidenceSource::Trust,
+            ),
+            None => (
+                WeakSide {
+                    label,
+                    confidence: uncalibrated_weak(&evidence),
+                    calibrated: false,
+                },
+                ConfidenceSource::RefinedProbability,
+            ),
+        })
+    }
+}
+
 const CHUNK: usize = 500;
 
 impl Service {
@@ -69,7 +217,8 @@ impl Service {
         trigger: &str,
     ) -> Result<Vec<Current>> {
         let version = self.active_version(task).await?;
-        let tau = tau_for(task, version.as_deref());
+        let decider = Decider::new(task, version.as_deref());
+        let tau = decider.rule.tau;
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let rows = examples::by_ids(self.store.pool(), chunk).await?;
@@ -81,6 +230,10 @@ impl Service {
                     .collect(),
                 None => HashMap::new(),
             };
+            let mut votes: HashMap<i64, Vec<WeakLabelRow>> = HashMap::new();
+            for v in examples::weak_labels(self.store.pool(), chunk).await? {
+                votes.entry(v.example_id).or_default().push(v);
+            }
             let now = now_ms();
             let mut tx = self.store.begin_write().await?;
             for row in rows {
@@ -92,31 +245,61 @@ impl Service {
                         .filter(|_| same_encoder)
                         .map(|e| score(v, e))
                 });
-                let refined = parse_dist(row.refined.as_deref());
+                let weak = parse_dist(row.weak.as_deref());
+                let smoothed = parse_dist(row.smoothed.as_deref());
+                let refined = decider.refined(weak.clone(), smoothed.clone());
+                let weak_side = refined.as_deref().and_then(|r| {
+                    decider.weak_side(
+                        r,
+                        weak.as_deref(),
+                        smoothed.as_deref(),
+                        votes.get(&row.id).map(Vec::as_slice).unwrap_or(&[]),
+                    )
+                });
                 let gold = row.gold_label.and_then(|g| usize::try_from(g).ok());
                 let outcome = decide(
                     &Inputs {
                         gold,
-                        strong: scored.as_ref().map(|s| (s.probs.as_slice(), s.p_ik)),
-                        refined: refined.as_deref(),
+                        strong: scored.as_ref().map(|s| StrongSide {
+                            probs: &s.probs,
+                            p_ik: s.p_ik,
+                            calibrated: s.source == PikSource::Trained,
+                        }),
+                        weak: weak_side.map(|(w, _)| w),
                     },
-                    tau,
+                    &decider.rule,
                 );
+                let confidence_source = match outcome.branch {
+                    DecisionSource::Gold => Some(ConfidenceSource::Gold),
+                    DecisionSource::Strong => scored.as_ref().map(|s| match s.source {
+                        PikSource::Trained => ConfidenceSource::PIk,
+                        _ => ConfidenceSource::Msp,
+                    }),
+                    DecisionSource::WeakRefined => weak_side.map(|(_, c)| c),
+                    DecisionSource::Abstain | DecisionSource::None => None,
+                };
                 let label = outcome.label.map(|l| l as i64);
                 let changed = row.decision_id.is_none()
                     || row.decision_label != label
                     || row.decision_source.as_deref() != Some(outcome.source.as_str());
                 let probs_json = scored.as_ref().map(|s| dist_json(&s.probs));
+                let refined_json = refined.as_deref().map(dist_json);
+                let refined_label = refined.as_deref().and_then(argmax);
                 let pik_source = scored.as_ref().map(|s| s.source).unwrap_or(PikSource::None);
                 let scores = Scores {
                     pred_label: scored
                         .as_ref()
-                        .and_then(|s| crate::method::weak::argmax(&s.probs))
+                        .and_then(|s| argmax(&s.probs))
                         .map(|l| l as i64),
                     pred_probs: probs_json.as_deref(),
                     p_ik: scored.as_ref().map(|s| s.p_ik as f64),
                     p_ik_source: pik_source.as_str(),
                     version_id: version.as_ref().map(|v| v.id),
+                    refined: refined_json.as_deref(),
+                    refined_label: refined_label.map(|l| l as i64),
+                    confidence: outcome.confidence.map(f64::from),
+                    confidence_source: confidence_source.map(|c| c.as_str()).unwrap_or(""),
+                    suggested_label: outcome.suggested.map(|l| l as i64),
                 };
                 let reason = format!("{trigger}: {}", outcome.reason);
                 let decision = if changed {
@@ -130,9 +313,10 @@ impl Service {
                             p_ik: scores.p_ik,
                             p_ik_source: pik_source.as_str(),
                             tau: version.as_ref().map(|_| tau as f64),
+                            confidence: scores.confidence,
                             probs: probs_json.as_deref(),
                             weak: row.weak.as_deref(),
-                            refined: row.refined.as_deref(),
+                            refined: refined_json.as_deref(),
                             model_version_id: version.as_ref().map(|v| v.id),
                             graph_version,
                             reason: &reason,
@@ -153,8 +337,11 @@ impl Service {
                     source: outcome.source,
                     p_ik: scored.as_ref().map(|s| s.p_ik),
                     p_ik_source: pik_source,
+                    confidence: outcome.confidence,
+                    confidence_source,
+                    suggested: outcome.suggested,
                     reason,
-                    refined_label: refined.as_deref().and_then(crate::method::weak::argmax),
+                    refined_label,
                     changed,
                 });
             }

@@ -56,6 +56,8 @@ pub struct DecisionRecord {
     pub p_ik: Option<f32>,
     pub p_ik_source: PikSource,
     pub tau: Option<f32>,
+    /// P(the label is right) (for `abstain`: of the label it would have given).
+    pub confidence: Option<f32>,
     /// The inputs the rule saw.
     pub probs: Option<BTreeMap<String, f32>>,
     pub weak: Option<BTreeMap<String, f32>>,
@@ -74,9 +76,14 @@ pub struct ExampleView {
     pub created_at: i64,
     pub gold_label: Option<String>,
     pub weak_labels: Vec<WeakLabelView>,
-    /// Confidence-weighted mean of the weak labels.
+    /// The weak labels combined: the source model's posterior, or their
+    /// confidence-weighted mean while the source model is off.
     pub weak_aggregate: Option<LabelScores>,
-    /// The weak labels smoothed over the similarity graph.
+    /// The weak aggregates smoothed over the similarity graph (whether or not smoothing is
+    /// on for the task).
+    pub smoothed: Option<LabelScores>,
+    /// The refined weak label in force: `smoothed` when smoothing is on for the task, else
+    /// the weak aggregate.
     pub refined: Option<LabelScores>,
     /// The strong model's latest prediction (null without a trained model version).
     pub prediction: Option<PredictionView>,
@@ -140,6 +147,12 @@ impl TaskCtx {
             source,
             p_ik: row.p_ik.map(|p| p as f32),
             p_ik_source: PikSource::parse(row.p_ik_source.as_deref().unwrap_or("none")),
+            confidence: row.confidence.map(|c| c as f32),
+            confidence_source: row
+                .confidence_source
+                .as_deref()
+                .and_then(super::decide::ConfidenceSource::parse),
+            suggested_label: self.name_of(row.suggested_label),
             reason: None,
         })
     }
@@ -152,6 +165,7 @@ impl TaskCtx {
             p_ik: d.p_ik.map(|p| p as f32),
             p_ik_source: PikSource::parse(&d.p_ik_source),
             tau: d.tau.map(|t| t as f32),
+            confidence: d.confidence.map(|c| c as f32),
             probs: named(&d.probs),
             weak: named(&d.weak),
             refined: named(&d.refined),
@@ -234,6 +248,7 @@ impl Service {
             gold_label: task.name_of(row.gold_label),
             weak_labels,
             weak_aggregate: parse_dist(row.weak.as_deref()).map(|w| task.label_scores(&w)),
+            smoothed: parse_dist(row.smoothed.as_deref()).map(|r| task.label_scores(&r)),
             refined: parse_dist(row.refined.as_deref()).map(|r| task.label_scores(&r)),
             prediction,
             decision,

@@ -125,6 +125,7 @@ impl Service {
             .graph
             .as_mut()
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("graph missing")))?;
+        self.apply_prior(task, graph).await?;
         self.catch_up(task, graph).await?;
         Ok(slot)
     }
@@ -216,7 +217,7 @@ impl Service {
                 if graph.weak_of(row.id) != weak {
                     changed_weak.push(to_insert(row, false));
                 }
-                graph.set_saved(row.id, parse_dist(row.refined.as_deref()).as_deref());
+                graph.set_saved(row.id, parse_dist(row.smoothed.as_deref()).as_deref());
             }
         }
         let report = tokio::task::block_in_place(|| -> anyhow::Result<UpdateReport> {
@@ -254,13 +255,13 @@ impl Service {
         Ok(())
     }
 
-    /// Writes refined labels that moved and bumps the task's graph version; returns it.
+    /// Writes the graph outputs that moved and bumps the task's graph version; returns it.
     /// Nothing moved: nothing is written (no contention on the task row).
     async fn write_refined(&self, task: &TaskCtx, report: &UpdateReport) -> Result<i64> {
         if report.changes.is_empty() {
             return Ok(crate::store::tasks::graph_version(self.store.pool(), task.id).await?);
         }
-        let updates: Vec<(i64, String, Option<i64>)> = report
+        let updates: Vec<(i64, String)> = report
             .changes
             .iter()
             .map(|c| {
@@ -269,19 +270,31 @@ impl Service {
                     .as_deref()
                     .map(dist_json)
                     .unwrap_or_else(|| "null".into());
-                let label = c
-                    .refined
-                    .as_deref()
-                    .and_then(crate::method::weak::argmax)
-                    .map(|l| l as i64);
-                (c.example_id, json, label)
+                (c.example_id, json)
             })
             .collect();
         let mut tx = self.store.begin_write().await?;
         let version = crate::store::tasks::bump_graph_version(tx.conn(), task.id).await?;
-        examples::set_refined(tx.conn(), &updates).await?;
+        examples::set_smoothed(tx.conn(), &updates).await?;
         tx.commit().await?;
         Ok(version)
+    }
+
+    /// Points the graph at the active version's estimated class prior; the examples whose
+    /// smoothed label changed class are decided again.
+    async fn apply_prior(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
+        let prior = self
+            .active_version(task)
+            .await?
+            .and_then(|v| v.pipeline.as_ref().map(|p| p.prior.shares.clone()));
+        let report = tokio::task::block_in_place(|| graph.set_prior(prior));
+        if report.changes.is_empty() {
+            return Ok(());
+        }
+        let version = self.write_refined(task, &report).await?;
+        self.redecide(task, &to_redecide(&[], &report), version, "class prior")
+            .await?;
+        Ok(())
     }
 
     /// Brings examples whose inputs changed up to date: graph, refined labels, decisions.

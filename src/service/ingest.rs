@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 use super::{dist_json, Service, TaskCtx};
 use crate::error::{Error, Result};
 use crate::method::pik::PikSource;
+use crate::method::pipeline::{aggregate_with, NamedVote, PipelineFit};
 use crate::method::selection::DecisionSource;
-use crate::method::weak::{aggregate, one_hot, WeakVote};
+use crate::method::weak::{aggregate, argmax, one_hot, WeakVote};
 use crate::store::examples;
 use crate::store::{f32s_to_bytes, now_ms};
 
@@ -76,6 +77,13 @@ pub struct DecisionView {
     pub p_ik: Option<f32>,
     /// Which P(IK) this decision used: `trained`, `msp` (fallback) or `none`.
     pub p_ik_source: PikSource,
+    /// The probability that `label` is right (for `abstain`: that `suggested_label` is),
+    /// calibrated on gold when `confidence_source` is `p_ik` or `trust`.
+    pub confidence: Option<f32>,
+    pub confidence_source: Option<super::decide::ConfidenceSource>,
+    /// For `abstain`: the label the decision would have given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggested_label: Option<String>,
     /// Why the rule chose this (in summaries only the full record carries it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -364,6 +372,8 @@ impl Service {
             .zip(vectors.iter().map(|v| f32s_to_bytes(v)))
             .collect();
 
+        let version = self.active_version(&task).await?;
+        let pipeline = version.as_ref().and_then(|v| v.pipeline.as_ref());
         let now = now_ms();
         let mut tx = self.store.begin_write().await?;
         let mut ids = Vec::with_capacity(parsed.len());
@@ -406,7 +416,7 @@ impl Service {
                     }
                 }
             };
-            self.write_labels(&mut tx, &task, id, &p.weak, p.gold, now)
+            self.write_labels(&mut tx, &task, pipeline, id, &p.weak, p.gold, now)
                 .await?;
             ids.push(id);
             created.push(is_new);
@@ -442,40 +452,33 @@ impl Service {
         })
     }
 
-    /// Upserts weak labels (recomputing the weak aggregate) and sets the gold label.
+    /// Upserts weak labels (recomputing the weak aggregate with the task's source model) and
+    /// sets the gold label.
+    #[allow(clippy::too_many_arguments)]
     async fn write_labels(
         &self,
         tx: &mut crate::store::WriteTx,
         task: &TaskCtx,
+        pipeline: Option<&PipelineFit>,
         example_id: i64,
         weak: &[ParsedWeak],
         gold: Option<usize>,
         now: i64,
     ) -> Result<()> {
         for w in weak {
-            examples::upsert_weak_label(
-                tx.conn(),
-                example_id,
-                &w.source,
-                w.label.map(|l| l as i64),
-                &dist_json(&w.scores),
-                w.confidence as f64,
-                now,
-            )
-            .await?;
+            let scores = dist_json(&w.scores);
+            let row = examples::NewWeakLabel {
+                source: &w.source,
+                label: w.label.map(|l| l as i64),
+                vote: argmax(&w.scores).map_or(-1, |l| l as i64),
+                scores: &scores,
+                confidence: w.confidence as f64,
+            };
+            examples::upsert_weak_label(tx.conn(), example_id, &row, now).await?;
         }
         if !weak.is_empty() {
             let all = examples::weak_labels(tx.conn(), &[example_id]).await?;
-            let votes: Vec<WeakVote> = all
-                .iter()
-                .filter_map(|w| {
-                    Some(WeakVote {
-                        scores: serde_json::from_str(&w.scores).ok()?,
-                        confidence: w.confidence as f32,
-                    })
-                })
-                .collect();
-            let agg = aggregate(&votes, task.k()).map(|a| dist_json(&a));
+            let agg = aggregate_of(pipeline, &all, task.k()).map(|a| dist_json(&a));
             examples::set_weak_aggregate(tx.conn(), example_id, agg.as_deref(), now).await?;
         }
         if let Some(g) = gold {
@@ -514,8 +517,10 @@ impl Service {
             .collect::<Result<Vec<_>>>()?;
         check_weak_sources(&weak, "weak_labels")?;
         let id = self.example_id(&task, external_id).await?;
+        let version = self.active_version(&task).await?;
+        let pipeline = version.as_ref().and_then(|v| v.pipeline.as_ref());
         let mut tx = self.store.begin_write().await?;
-        self.write_labels(&mut tx, &task, id, &weak, None, now_ms())
+        self.write_labels(&mut tx, &task, pipeline, id, &weak, None, now_ms())
             .await?;
         tx.commit().await?;
         self.settle(&task, &[id], "weak label").await?;
@@ -532,11 +537,43 @@ impl Service {
         let gold = parse_gold(&task, &req.label, "label")?;
         let id = self.example_id(&task, external_id).await?;
         let mut tx = self.store.begin_write().await?;
-        self.write_labels(&mut tx, &task, id, &[], Some(gold), now_ms())
+        self.write_labels(&mut tx, &task, None, id, &[], Some(gold), now_ms())
             .await?;
         tx.commit().await?;
         self.settle(&task, &[id], "gold label").await?;
         Ok(task)
+    }
+}
+
+/// The weak aggregate of an example's stored weak labels: the source model in use, or the
+/// confidence-weighted mean without one.
+pub fn aggregate_of(
+    pipeline: Option<&PipelineFit>,
+    rows: &[examples::WeakLabelRow],
+    k: usize,
+) -> Option<Vec<f32>> {
+    let votes: Vec<NamedVote> = rows
+        .iter()
+        .filter_map(|w| {
+            Some(NamedVote {
+                source: &w.source,
+                scores: serde_json::from_str(&w.scores).ok()?,
+                confidence: w.confidence as f32,
+            })
+        })
+        .collect();
+    match pipeline {
+        Some(p) => aggregate_with(&p.source_model.used, &p.sources, &votes),
+        None => aggregate(
+            &votes
+                .iter()
+                .map(|v| WeakVote {
+                    scores: v.scores.clone(),
+                    confidence: v.confidence,
+                })
+                .collect::<Vec<_>>(),
+            k,
+        ),
     }
 }
 
@@ -546,6 +583,12 @@ pub fn decision_view(task: &TaskCtx, c: &super::decide::Current) -> DecisionView
         source: c.source,
         p_ik: c.p_ik,
         p_ik_source: c.p_ik_source,
+        confidence: c.confidence,
+        confidence_source: c.confidence_source,
+        suggested_label: c
+            .suggested
+            .and_then(|l| task.label_name(l))
+            .map(String::from),
         reason: Some(c.reason.clone()),
     }
 }
@@ -556,6 +599,9 @@ fn undecided() -> DecisionView {
         source: DecisionSource::None,
         p_ik: None,
         p_ik_source: PikSource::None,
+        confidence: None,
+        confidence_source: None,
+        suggested_label: None,
         reason: Some("not decided yet".into()),
     }
 }

@@ -1,6 +1,7 @@
 //! The service: the only place that orchestrates the store, the model, the graph and the
 //! method. HTTP handlers call it; so do the job runner and the experiment command.
 
+pub mod aggregates;
 pub mod decide;
 pub mod decisions;
 pub mod examples;
@@ -9,7 +10,9 @@ pub mod ingest;
 pub mod jobs;
 pub mod models;
 pub mod predict;
+pub mod report;
 pub mod settings;
+pub mod sources;
 pub mod tasks;
 pub mod versions;
 

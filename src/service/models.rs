@@ -92,8 +92,8 @@ impl Service {
             let job = self
                 .enqueue_job(
                     &task,
-                    "reembed",
-                    "activate",
+                    super::jobs::JobKind::Reembed,
+                    super::jobs::Trigger::Activate,
                     json!({ "version_id": row.id }),
                     None,
                 )
@@ -111,6 +111,8 @@ impl Service {
         crate::store::tasks::set_active_version(tx.conn(), task.id, Some(row.id), now_ms()).await?;
         let dirty = examples::mark_task_dirty(tx.conn(), task.id).await?;
         tx.commit().await?;
+        // Its source model may differ: the weak aggregates follow it.
+        self.refresh_aggregates(&task).await?;
         tracing::info!(task = %task.name, version, "model version activated");
         Ok((
             false,

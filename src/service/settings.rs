@@ -5,6 +5,8 @@ use utoipa::ToSchema;
 
 use crate::graph::{ClassBalance, GraphSettings};
 use crate::method::pik::PikFeatures;
+use crate::method::safeguard::StageMode;
+use crate::method::selective::Selection;
 use crate::method::training::TrainConfig;
 
 /// τ: a fixed threshold, or `"fit"` to choose it on gold labels at each training job.
@@ -76,16 +78,36 @@ pub struct TaskSettings {
     pub hops: usize,
     /// Every this many incremental updates, a full smoothing pass.
     pub full_pass_every: u32,
-    /// How classes are weighed in the refined label: `uniform` (default), `weak_prior` or
-    /// `none` (see README, "Graph smoothing").
+    /// How classes are weighed in the refined label: `estimated` (default: towards the
+    /// estimated class prior), `uniform`, `weak_prior` or `none` (README, "Graph smoothing").
     pub class_balance: ClassBalance,
+    /// The model of the weak sources: `auto` (on while it beats the confidence-weighted mean
+    /// on gold), `on` or `off`.
+    pub source_model: StageMode,
+    /// Graph smoothing: `auto` (on while it beats the weak aggregate on gold), `on`, `off`.
+    pub smoothing: StageMode,
+    /// Strong-model selection: `auto` (on while it beats the weak side on gold), `on`, `off`.
+    pub strong: StageMode,
+    /// Train the next strong model on the decisions: `auto` (while that beats training on
+    /// the raw weak labels, judged by both models' predictions on gold; `head` jobs only),
+    /// `on` or `off`.
+    pub decision_targets: StageMode,
+    /// How the strong and weak sides are chosen between: `confidence` (the higher calibrated
+    /// probability of being right) or `tau` (strong when P(IK) ≥ τ).
+    pub selection: Selection,
+    /// A stage must lead its input on gold by z·√(discordant examples) (and at least one).
+    pub safeguard_z: f64,
+    /// Decisions whose confidence is below the threshold that reaches this precision on
+    /// gold abstain (none: every decision counts).
+    pub target_precision: Option<f64>,
     /// Weight of an example's own weak label in its refined label against its neighbours'
     /// (1: plain label spreading, 0: neighbours only).
     pub self_weight: f32,
     /// Selection threshold on P(IK): a number, or "fit".
     #[schema(value_type = Object)]
     pub tau: Tau,
-    /// Gold labels needed to train a P(IK) head; below it the fallback (MSP) is used.
+    /// Gold labels needed to train the P(IK) head and the weak-side trust model; below it
+    /// the fallbacks (MSP, the refined label's own probability) are used.
     pub pik_min_gold: usize,
     pub pik_features: PikFeatures,
     pub targets: Targets,
@@ -134,7 +156,14 @@ impl Default for TaskSettings {
             iterations: 100,
             hops: 2,
             full_pass_every: 50,
-            class_balance: ClassBalance::Uniform,
+            class_balance: ClassBalance::Estimated,
+            source_model: StageMode::Auto,
+            smoothing: StageMode::Auto,
+            strong: StageMode::Auto,
+            decision_targets: StageMode::Auto,
+            selection: Selection::Confidence,
+            safeguard_z: crate::method::safeguard::DEFAULT_Z,
+            target_precision: None,
             self_weight: 0.5,
             tau: Tau::Named("fit".into()),
             pik_min_gold: 50,
@@ -179,6 +208,14 @@ impl TaskSettings {
                 return Err("tau must be a number in [0, 1] or \"fit\"".into())
             }
             _ => {}
+        }
+        if !(0.0..=5.0).contains(&self.safeguard_z) {
+            return Err("safeguard_z must be in [0, 5]".into());
+        }
+        if let Some(t) = self.target_precision {
+            if !(t > 0.0 && t < 1.0) {
+                return Err("target_precision must be in (0, 1) or null".into());
+            }
         }
         if self.pik_min_gold < 10 {
             return Err("pik_min_gold must be at least 10".into());

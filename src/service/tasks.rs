@@ -40,6 +40,8 @@ pub struct TaskView {
     pub graph_version: i64,
     pub examples: i64,
     pub gold_examples: i64,
+    /// Examples whose decision is being recomputed (new inputs, a new model version).
+    pub pending: i64,
     /// Current decisions by source (`undecided` for examples not settled yet).
     pub decisions: BTreeMap<String, i64>,
 }
@@ -173,6 +175,7 @@ impl Service {
             graph_version: task.graph_version,
             examples: counts.examples,
             gold_examples: counts.gold,
+            pending: counts.pending,
             decisions,
         })
     }

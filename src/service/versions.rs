@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use super::{Service, TaskCtx};
 use crate::error::{Error, Result};
+use crate::method::pipeline::PipelineFit;
 use crate::model::bert::Bert;
 use crate::model::manifest::Manifest;
 use crate::model::Heads;
@@ -16,6 +17,8 @@ pub struct LoadedVersion {
     pub version: i64,
     pub heads: Heads,
     pub manifest: Manifest,
+    /// The decision pipeline fitted with this version (None for versions made before).
+    pub pipeline: Option<PipelineFit>,
     pub bert: Arc<Bert>,
     /// Stored with the embeddings this version's encoder makes.
     pub encoder_id: String,
@@ -62,10 +65,19 @@ impl Service {
             }
             None => (self.model.base.clone(), self.model.base_encoder_id()),
         };
+        let pipeline = match &manifest.pipeline {
+            Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+                Error::Internal(anyhow::anyhow!(
+                    "version {version_id} has a corrupt pipeline: {e}"
+                ))
+            })?),
+            None => None,
+        };
         let loaded = Arc::new(LoadedVersion {
             id: row.id,
             version: row.version,
             heads,
+            pipeline,
             manifest,
             bert,
             encoder_id,

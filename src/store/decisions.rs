@@ -11,6 +11,9 @@ pub struct NewDecision<'a> {
     pub p_ik: Option<f64>,
     pub p_ik_source: &'a str,
     pub tau: Option<f64>,
+    /// P(the label is right): P(IK) or the weak side's trust (for `abstain`: of the label it
+    /// would have given).
+    pub confidence: Option<f64>,
     pub probs: Option<&'a str>,
     pub weak: Option<&'a str>,
     pub refined: Option<&'a str>,
@@ -23,11 +26,13 @@ pub struct NewDecision<'a> {
 pub async fn insert(conn: &mut AnyConnection, d: &NewDecision<'_>) -> Result<i64, sqlx::Error> {
     let (p_ik, has_p_ik) = super::nullable_f64(d.p_ik);
     let (tau, has_tau) = super::nullable_f64(d.tau);
+    let (confidence, has_confidence) = super::nullable_f64(d.confidence);
     sqlx::query_scalar(
         "INSERT INTO decisions (task_id, example_id, label, source, p_ik, p_ik_source, tau, probs, \
-                                weak, refined, model_version_id, graph_version, reason, created_at) \
+                                weak, refined, model_version_id, graph_version, reason, created_at, \
+                                confidence) \
          VALUES ($1, $2, $3, $4, CASE WHEN $15 = 1 THEN $5 END, $6, CASE WHEN $16 = 1 THEN $7 END, \
-                 $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+                 $8, $9, $10, $11, $12, $13, $14, CASE WHEN $17 = 1 THEN $18 END) RETURNING id",
     )
     .bind(d.task_id)
     .bind(d.example_id)
@@ -45,6 +50,8 @@ pub async fn insert(conn: &mut AnyConnection, d: &NewDecision<'_>) -> Result<i64
     .bind(d.created_at)
     .bind(has_p_ik)
     .bind(has_tau)
+    .bind(has_confidence)
+    .bind(confidence)
     .fetch_one(conn)
     .await
 }
@@ -59,6 +66,7 @@ pub struct DecisionRow {
     pub p_ik: Option<f64>,
     pub p_ik_source: String,
     pub tau: Option<f64>,
+    pub confidence: Option<f64>,
     pub probs: Option<String>,
     pub weak: Option<String>,
     pub refined: Option<String>,
@@ -71,7 +79,7 @@ pub struct DecisionRow {
 }
 
 const SELECT: &str = "SELECT d.id, d.example_id, e.external_id, d.label, d.source, d.p_ik, \
-     d.p_ik_source, d.tau, d.probs, d.weak, d.refined, d.model_version_id, d.graph_version, \
+     d.p_ik_source, d.tau, d.confidence, d.probs, d.weak, d.refined, d.model_version_id, d.graph_version, \
      d.reason, d.created_at, CASE WHEN e.decision_id = d.id THEN 1 ELSE 0 END AS current \
      FROM decisions d JOIN examples e ON e.id = d.example_id";
 

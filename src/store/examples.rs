@@ -37,10 +37,13 @@ pub struct ExampleRow {
     pub text: String,
     pub gold_label: Option<i64>,
     pub gold_at: Option<i64>,
-    /// JSON array: the confidence-weighted mean of the weak labels.
+    /// JSON array: the weak aggregate (the source model's posterior, or the mean).
     pub weak: Option<String>,
     pub encoder_id: Option<String>,
-    /// JSON array: the graph-smoothed weak label.
+    /// JSON array: the graph's output for the weak aggregates.
+    pub smoothed: Option<String>,
+    /// JSON array: the refined weak label in force (`smoothed`, or `weak` when smoothing is
+    /// bypassed for the task).
     pub refined: Option<String>,
     pub refined_label: Option<i64>,
     pub pred_label: Option<i64>,
@@ -51,14 +54,20 @@ pub struct ExampleRow {
     pub decision_id: Option<i64>,
     pub decision_label: Option<i64>,
     pub decision_source: Option<String>,
+    /// P(the current decision's label is right), and where it came from.
+    pub confidence: Option<f64>,
+    pub confidence_source: Option<String>,
+    /// What an abstaining decision would have said.
+    pub suggested_label: Option<i64>,
     pub dirty: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 pub const COLUMNS: &str = "id, task_id, external_id, text, gold_label, gold_at, weak, encoder_id, \
-     refined, refined_label, pred_label, pred_probs, p_ik, p_ik_source, scored_version_id, decision_id, \
-     decision_label, decision_source, dirty, created_at, updated_at";
+     smoothed, refined, refined_label, pred_label, pred_probs, p_ik, p_ik_source, scored_version_id, \
+     decision_id, decision_label, decision_source, confidence, confidence_source, suggested_label, \
+     dirty, created_at, updated_at";
 
 #[derive(Debug, Clone, FromRow)]
 pub struct WeakLabelRow {
@@ -68,6 +77,146 @@ pub struct WeakLabelRow {
     pub scores: String,
     pub confidence: f64,
     pub updated_at: i64,
+}
+
+/// The weak labels of a task's examples with ids in (`after_id`, `up_to`], in example order.
+pub async fn weak_labels_between<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    up_to: i64,
+) -> Result<Vec<WeakLabelRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.example_id, w.source, w.label, w.scores, w.confidence, w.updated_at FROM weak_labels w \
+         JOIN examples e ON e.id = w.example_id \
+         WHERE e.task_id = $1 AND w.example_id > $2 AND w.example_id <= $3 \
+         ORDER BY w.example_id, w.source",
+    )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(up_to)
+    .fetch_all(ex)
+    .await
+}
+
+/// The stored weak aggregates of a page of examples (all of them, embedded or not).
+pub async fn weak_page<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, weak FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+/// Per source: its votes, how many fell on gold examples and how many of those were right.
+#[derive(Debug, Clone, FromRow)]
+pub struct SourceCountRow {
+    pub source: String,
+    pub votes: i64,
+    pub gold_votes: i64,
+    pub gold_right: i64,
+}
+
+pub async fn source_counts<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+) -> Result<Vec<SourceCountRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.source, COUNT(*) AS votes, \
+            COUNT(e.gold_label) AS gold_votes, \
+            COUNT(CASE WHEN e.gold_label = w.vote THEN 1 END) AS gold_right \
+         FROM weak_labels w JOIN examples e ON e.id = w.example_id \
+         WHERE e.task_id = $1 GROUP BY w.source ORDER BY w.source",
+    )
+    .bind(task_id)
+    .fetch_all(ex)
+    .await
+}
+
+/// Per source: examples it labelled where another source labelled too, and where another
+/// source's label differs.
+#[derive(Debug, Clone, FromRow)]
+pub struct SourceOverlapRow {
+    pub source: String,
+    pub overlaps: i64,
+    pub conflicts: i64,
+}
+
+pub async fn source_overlaps<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+) -> Result<Vec<SourceOverlapRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.source, COUNT(DISTINCT w.example_id) AS overlaps, \
+            COUNT(DISTINCT CASE WHEN o.vote <> w.vote THEN w.example_id END) AS conflicts \
+         FROM weak_labels w JOIN examples e ON e.id = w.example_id \
+         JOIN weak_labels o ON o.example_id = w.example_id AND o.source <> w.source \
+         WHERE e.task_id = $1 GROUP BY w.source ORDER BY w.source",
+    )
+    .bind(task_id)
+    .fetch_all(ex)
+    .await
+}
+
+/// Per source and label: how often the source voted for it.
+#[derive(Debug, Clone, FromRow)]
+pub struct SourcePolarityRow {
+    pub source: String,
+    pub vote: Option<i64>,
+    pub votes: i64,
+}
+
+pub async fn source_polarity<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+) -> Result<Vec<SourcePolarityRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.source, w.vote, COUNT(*) AS votes FROM weak_labels w \
+         JOIN examples e ON e.id = w.example_id \
+         WHERE e.task_id = $1 GROUP BY w.source, w.vote ORDER BY w.source, w.vote",
+    )
+    .bind(task_id)
+    .fetch_all(ex)
+    .await
+}
+
+/// Weak labels stored before the `vote` column (soft ones) get their argmax, a page at a
+/// time; returns how many were filled.
+pub async fn backfill_votes(pool: &sqlx::AnyPool) -> Result<u64, sqlx::Error> {
+    let mut filled = 0;
+    loop {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, scores FROM weak_labels WHERE vote IS NULL ORDER BY id LIMIT 1000",
+        )
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(filled);
+        }
+        let mut tx = pool.begin().await?;
+        for (id, scores) in &rows {
+            let vote = serde_json::from_str::<Vec<f32>>(scores)
+                .ok()
+                .and_then(|s| crate::method::weak::argmax(&s))
+                .map(|l| l as i64)
+                .unwrap_or(-1);
+            sqlx::query("UPDATE weak_labels SET vote = $1 WHERE id = $2")
+                .bind(vote)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        filled += rows.len() as u64;
+    }
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -122,29 +271,39 @@ pub async fn insert(
     .await
 }
 
+/// A weak label as stored.
+pub struct NewWeakLabel<'a> {
+    pub source: &'a str,
+    /// The hard label, when the source gave one.
+    pub label: Option<i64>,
+    /// The label it favours (its argmax; −1 for none).
+    pub vote: i64,
+    /// JSON array over the task's labels.
+    pub scores: &'a str,
+    pub confidence: f64,
+}
+
 /// One label per (example, source): a source that labels again replaces its earlier label,
 /// so re-sending a batch is idempotent.
 pub async fn upsert_weak_label(
     conn: &mut AnyConnection,
     example_id: i64,
-    source: &str,
-    label: Option<i64>,
-    scores: &str,
-    confidence: f64,
+    w: &NewWeakLabel<'_>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO weak_labels (example_id, source, label, scores, confidence, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6) \
+        "INSERT INTO weak_labels (example_id, source, label, vote, scores, confidence, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
          ON CONFLICT (example_id, source) DO UPDATE SET \
-            label = excluded.label, scores = excluded.scores, \
+            label = excluded.label, vote = excluded.vote, scores = excluded.scores, \
             confidence = excluded.confidence, updated_at = excluded.updated_at",
     )
     .bind(example_id)
-    .bind(source)
-    .bind(label)
-    .bind(scores)
-    .bind(confidence)
+    .bind(w.source)
+    .bind(w.label)
+    .bind(w.vote)
+    .bind(w.scores)
+    .bind(w.confidence)
     .bind(now)
     .execute(conn)
     .await?;
@@ -293,31 +452,35 @@ pub async fn set_embedding(
     Ok(())
 }
 
-/// Stores refined labels; marks the examples for a new decision.
-pub async fn set_refined(
+/// Stores the graph's output; marks the examples for a new decision.
+pub async fn set_smoothed(
     conn: &mut AnyConnection,
-    updates: &[(i64, String, Option<i64>)],
+    updates: &[(i64, String)],
 ) -> Result<(), sqlx::Error> {
-    for (id, refined, label) in updates {
-        sqlx::query(
-            "UPDATE examples SET refined = $1, refined_label = $2, dirty = 1 WHERE id = $3",
-        )
-        .bind(refined.as_str())
-        .bind(*label)
-        .bind(*id)
-        .execute(&mut *conn)
-        .await?;
+    for (id, smoothed) in updates {
+        sqlx::query("UPDATE examples SET smoothed = $1, dirty = 1 WHERE id = $2")
+            .bind(smoothed.as_str())
+            .bind(*id)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
 
-/// The strong model's latest view of an example.
+/// The strong model's latest view of an example, and the weak side and confidence the
+/// current decision rests on.
 pub struct Scores<'a> {
     pub pred_label: Option<i64>,
     pub pred_probs: Option<&'a str>,
     pub p_ik: Option<f64>,
     pub p_ik_source: &'a str,
     pub version_id: Option<i64>,
+    /// The refined weak label in force (JSON) and its argmax.
+    pub refined: Option<&'a str>,
+    pub refined_label: Option<i64>,
+    pub confidence: Option<f64>,
+    pub confidence_source: &'a str,
+    pub suggested_label: Option<i64>,
 }
 
 /// Records the current scores and decision of an example and clears its dirty flag.
@@ -328,6 +491,7 @@ pub async fn set_current(
     decision: Option<(i64, Option<i64>, &str)>,
 ) -> Result<(), sqlx::Error> {
     let (p_ik, has_p_ik) = super::nullable_f64(scores.p_ik);
+    let (confidence, has_confidence) = super::nullable_f64(scores.confidence);
     let (has_decision, (decision_id, label, source)) = match decision {
         Some(d) => (1i64, d),
         None => (0, (0, None, "")),
@@ -337,8 +501,11 @@ pub async fn set_current(
             p_ik_source = $5, scored_version_id = $6, dirty = 0, \
             decision_id = CASE WHEN $7 = 1 THEN $8 ELSE decision_id END, \
             decision_label = CASE WHEN $7 = 1 THEN $9 ELSE decision_label END, \
-            decision_source = CASE WHEN $7 = 1 THEN $10 ELSE decision_source END \
-         WHERE id = $11",
+            decision_source = CASE WHEN $7 = 1 THEN $10 ELSE decision_source END, \
+            refined = $11, refined_label = $12, \
+            confidence = CASE WHEN $13 = 1 THEN $14 END, confidence_source = $15, \
+            suggested_label = $16 \
+         WHERE id = $17",
     )
     .bind(scores.pred_label)
     .bind(scores.pred_probs)
@@ -350,6 +517,12 @@ pub async fn set_current(
     .bind(decision_id)
     .bind(label)
     .bind(source)
+    .bind(scores.refined)
+    .bind(scores.refined_label)
+    .bind(has_confidence)
+    .bind(confidence)
+    .bind(scores.confidence_source)
+    .bind(scores.suggested_label)
     .bind(id)
     .execute(conn)
     .await?;
@@ -412,8 +585,9 @@ pub async fn texts_page<'c, E: Executor<'c, Database = Any>>(
     .await
 }
 
-/// Examples without gold labels, the ones a human label would help most first: strong and
-/// refined-weak disagree, then lowest P(IK), then no prediction at all.
+/// Examples without gold labels, the ones a human label would help most first: abstained
+/// decisions, then strong and refined-weak disagreeing, then no decision, each by lowest
+/// confidence.
 pub async fn review_candidates<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     task_id: i64,
@@ -421,11 +595,12 @@ pub async fn review_candidates<'c, E: Executor<'c, Database = Any>>(
 ) -> Result<Vec<ExampleRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM examples WHERE task_id = $1 AND gold_label IS NULL \
-         ORDER BY CASE WHEN pred_label IS NOT NULL AND refined_label IS NOT NULL \
-                            AND refined_label <> pred_label THEN 0 \
-                       WHEN decision_source IS NULL OR decision_source = 'none' THEN 1 \
-                       ELSE 2 END, \
-                  COALESCE(p_ik, 0.0), id \
+         ORDER BY CASE WHEN decision_source = 'abstain' THEN 0 \
+                       WHEN pred_label IS NOT NULL AND refined_label IS NOT NULL \
+                            AND refined_label <> pred_label THEN 1 \
+                       WHEN decision_source IS NULL OR decision_source = 'none' THEN 2 \
+                       ELSE 3 END, \
+                  COALESCE(confidence, p_ik, 0.0), id \
          LIMIT $2"
     ))
     .bind(task_id)
@@ -441,7 +616,7 @@ pub struct GraphRow {
     pub embedding: Option<Vec<u8>>,
     pub encoder_id: Option<String>,
     pub weak: Option<String>,
-    pub refined: Option<String>,
+    pub smoothed: Option<String>,
 }
 
 /// A page of graph rows in id order; embeddings only when `with_embeddings`.
@@ -458,7 +633,7 @@ pub async fn graph_rows_page<'c, E: Executor<'c, Database = Any>>(
         "NULL AS embedding"
     };
     sqlx::query_as(&format!(
-        "SELECT id, {embedding}, encoder_id, weak, refined FROM examples \
+        "SELECT id, {embedding}, encoder_id, weak, smoothed FROM examples \
          WHERE task_id = $1 AND id > $2 AND embedding IS NOT NULL ORDER BY id LIMIT $3"
     ))
     .bind(task_id)
@@ -474,7 +649,7 @@ pub async fn graph_rows_of<'c, E: Executor<'c, Database = Any>>(
 ) -> Result<Vec<GraphRow>, sqlx::Error> {
     rows_by_ids(
         ex,
-        "SELECT id, embedding, encoder_id, weak, refined FROM examples WHERE id",
+        "SELECT id, embedding, encoder_id, weak, smoothed FROM examples WHERE id",
         ids,
         "ORDER BY id",
     )
@@ -495,6 +670,8 @@ pub struct TrainingRow {
     pub embedding: Option<Vec<u8>>,
     pub encoder_id: Option<String>,
     pub gold_label: Option<i64>,
+    pub weak: Option<String>,
+    pub smoothed: Option<String>,
     pub refined: Option<String>,
     pub decision_label: Option<i64>,
     pub decision_source: Option<String>,
@@ -507,7 +684,7 @@ pub async fn training_rows_page<'c, E: Executor<'c, Database = Any>>(
     limit: i64,
 ) -> Result<Vec<TrainingRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, embedding, encoder_id, gold_label, refined, decision_label, decision_source \
+        "SELECT id, embedding, encoder_id, gold_label, weak, smoothed, refined, decision_label, decision_source \
          FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(task_id)

@@ -126,6 +126,12 @@ impl Store {
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
         };
         store.migrate().await?;
+        let filled = examples::backfill_votes(&store.pool)
+            .await
+            .context("filling the vote column of older weak labels")?;
+        if filled > 0 {
+            tracing::info!(weak_labels = filled, "older weak labels given their vote");
+        }
         Ok(store)
     }
 

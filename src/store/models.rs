@@ -56,6 +56,20 @@ pub async fn insert(
     Ok((id, version))
 }
 
+/// Records the fine-tuned encoder a version uses (relative to the data dir).
+pub async fn set_encoder_path(
+    conn: &mut AnyConnection,
+    id: i64,
+    path: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE model_versions SET encoder_path = $1 WHERE id = $2")
+        .bind(path)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Fixes up the manifest once the version number is known.
 pub async fn set_manifest(
     conn: &mut AnyConnection,

@@ -137,13 +137,16 @@ pub struct TaskCounts {
     pub examples: i64,
     pub gold: i64,
     pub embedded: i64,
+    /// Examples waiting for a new decision (their inputs changed).
+    pub pending: i64,
 }
 
 pub async fn counts(pool: &AnyPool, id: i64) -> Result<TaskCounts, sqlx::Error> {
     sqlx::query_as(
         "SELECT COUNT(*) AS examples, \
                 COUNT(gold_label) AS gold, \
-                COUNT(embedding) AS embedded \
+                COUNT(embedding) AS embedded, \
+                COUNT(CASE WHEN dirty = 1 THEN 1 END) AS pending \
          FROM examples WHERE task_id = $1",
     )
     .bind(id)

@@ -1,0 +1,265 @@
+//! "Do no harm": a stage that changes labels (the source model, graph smoothing, strong-model
+//! selection) stays on for a task only while it beats its own input on gold labels it did
+//! not learn from. The comparison is paired (McNemar): on the gold examples, `wins` are those
+//! the stage got right and its input got wrong, `losses` the reverse. The stage is kept when
+//! wins − losses ≥ max(1, z·√(wins + losses)), a margin that grows with the noise of a small
+//! gold set, so a stage that merely ties its input, or cannot be checked, is bypassed. On an
+//! imbalanced task accuracy alone would reward a stage that turns every rare label into the
+//! common one, so the stage must also keep the macro-F1 of its input (within a small
+//! tolerance).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::metrics::macro_f1;
+
+/// A task's choice for one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StageMode {
+    /// On while it beats its input on gold (the default).
+    #[default]
+    Auto,
+    /// Always on (unchecked: the report still shows the gold figures).
+    On,
+    /// Always off.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The model of the weak sources, against the confidence-weighted mean.
+    SourceModel,
+    /// Graph smoothing, against the weak aggregate it smooths.
+    Smoothing,
+    /// Strong-model selection, against the weak side's labels alone.
+    Strong,
+    /// Training the next strong model on the decisions, against training it on the raw
+    /// weak labels (the model's predictions on gold, neither trained on them).
+    DecisionTargets,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::SourceModel => "source_model",
+            Stage::Smoothing => "smoothing",
+            Stage::Strong => "strong",
+            Stage::DecisionTargets => "decision_targets",
+        }
+    }
+}
+
+/// Whether a stage is on, and the gold figures behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StageReport {
+    pub stage: Stage,
+    pub mode: StageMode,
+    pub on: bool,
+    pub reason: String,
+    /// Gold examples compared.
+    pub gold: usize,
+    /// Accuracy on them of the stage's input and of its output (no label counts as wrong).
+    pub input_accuracy: Option<f64>,
+    pub output_accuracy: Option<f64>,
+    /// Macro-F1 on them of the input and of the output.
+    pub input_macro_f1: Option<f64>,
+    pub output_macro_f1: Option<f64>,
+    /// Gold examples the stage got right where its input was wrong, and the reverse.
+    pub wins: usize,
+    pub losses: usize,
+    /// The lead over its input (wins − losses) the stage needed to stay on.
+    pub margin: f64,
+}
+
+/// z of the default margin: the stage must lead by a one-sided 95% margin of the paired
+/// difference (and by at least one example).
+pub const DEFAULT_Z: f64 = 1.645;
+
+/// How far the output's macro-F1 may fall below the input's (noise of the point estimate).
+pub const MACRO_F1_TOLERANCE: f64 = 0.005;
+
+/// A stage's input and output labels on the gold examples.
+pub struct Compared<'a> {
+    pub classes: usize,
+    pub gold: &'a [usize],
+    pub input: &'a [Option<usize>],
+    pub output: &'a [Option<usize>],
+}
+
+/// Compares a stage's output with its input on gold (a missing label is wrong).
+pub fn check(stage: Stage, mode: StageMode, c: &Compared, z: f64) -> StageReport {
+    let n = c.gold.len().min(c.input.len()).min(c.output.len());
+    let right = |v: &[Option<usize>], i: usize| v[i] == Some(c.gold[i]);
+    let wins = (0..n)
+        .filter(|&i| right(c.output, i) && !right(c.input, i))
+        .count();
+    let losses = (0..n)
+        .filter(|&i| !right(c.output, i) && right(c.input, i))
+        .count();
+    let acc = |v: &[Option<usize>]| {
+        (n > 0).then(|| (0..n).filter(|&i| right(v, i)).count() as f64 / n as f64)
+    };
+    let f1 = |v: &[Option<usize>]| (n > 0).then(|| macro_f1(&v[..n], &c.gold[..n], c.classes));
+    let (f1_in, f1_out) = (f1(c.input), f1(c.output));
+    let margin = (z * ((wins + losses) as f64).sqrt()).max(1.0);
+    let lead = wins as f64 - losses as f64;
+    let keeps_f1 = match (f1_in, f1_out) {
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() => b >= a - MACRO_F1_TOLERANCE,
+        _ => true,
+    };
+    let figures = format!(
+        "on {n} gold labels it was right on {wins} its input got wrong and wrong on {losses} its input got right (lead {lead:+}, needed {margin:.1}); macro-F1 {} → {}",
+        f1_in.map_or("–".into(), |v| format!("{v:.3}")),
+        f1_out.map_or("–".into(), |v| format!("{v:.3}")),
+    );
+    let (on, reason) = match mode {
+        StageMode::On => (true, format!("on by setting; {figures}")),
+        StageMode::Off => (false, format!("off by setting; {figures}")),
+        StageMode::Auto if n == 0 => (
+            false,
+            "bypassed: no gold labels to check it against (set it to \"on\" to use it unchecked)"
+                .to_string(),
+        ),
+        StageMode::Auto if lead >= margin && keeps_f1 => {
+            (true, format!("on: it beats its input; {figures}"))
+        }
+        StageMode::Auto if lead >= margin => (
+            false,
+            format!("bypassed: it gains accuracy by giving up a class (macro-F1 falls); {figures}"),
+        ),
+        StageMode::Auto => (
+            false,
+            format!("bypassed: it does not beat its input by the margin; {figures}"),
+        ),
+    };
+    StageReport {
+        stage,
+        mode,
+        on,
+        reason,
+        gold: n,
+        input_accuracy: acc(c.input),
+        output_accuracy: acc(c.output),
+        input_macro_f1: f1_in,
+        output_macro_f1: f1_out,
+        wins,
+        losses,
+        margin,
+    }
+}
+
+/// A stage that could not run at all (e.g. no model version yet for `strong`).
+pub fn unavailable(stage: Stage, mode: StageMode, why: &str) -> StageReport {
+    StageReport {
+        stage,
+        mode,
+        on: false,
+        reason: why.to_string(),
+        gold: 0,
+        input_accuracy: None,
+        output_accuracy: None,
+        input_macro_f1: None,
+        output_macro_f1: None,
+        wins: 0,
+        losses: 0,
+        margin: 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gold all class 1 except every tenth row (class 0). The first `wins` rows: output
+    /// right, input wrong; the next `losses`: the reverse; the rest equal and right.
+    fn outcomes(
+        n: usize,
+        wins: usize,
+        losses: usize,
+    ) -> (Vec<usize>, Vec<Option<usize>>, Vec<Option<usize>>) {
+        let gold: Vec<usize> = (0..n).map(|i| usize::from(i % 10 != 0)).collect();
+        let wrong = |g: usize| Some(1 - g);
+        let input = (0..n)
+            .map(|i| {
+                if i < wins {
+                    wrong(gold[i])
+                } else {
+                    Some(gold[i])
+                }
+            })
+            .collect();
+        let output = (0..n)
+            .map(|i| {
+                if (wins..wins + losses).contains(&i) {
+                    wrong(gold[i])
+                } else {
+                    Some(gold[i])
+                }
+            })
+            .collect();
+        (gold, input, output)
+    }
+
+    fn run(mode: StageMode, n: usize, wins: usize, losses: usize) -> StageReport {
+        let (gold, input, output) = outcomes(n, wins, losses);
+        let c = Compared {
+            classes: 2,
+            gold: &gold,
+            input: &input,
+            output: &output,
+        };
+        check(Stage::Smoothing, mode, &c, DEFAULT_Z)
+    }
+
+    #[test]
+    fn a_clear_win_is_kept_and_a_tie_or_loss_is_bypassed() {
+        let r = run(StageMode::Auto, 200, 30, 10);
+        assert!(r.on, "{r:?}");
+        assert_eq!((r.wins, r.losses), (30, 10));
+        assert!(r.output_accuracy.unwrap() > r.input_accuracy.unwrap());
+        let r = run(StageMode::Auto, 200, 12, 10);
+        assert!(
+            !r.on,
+            "a lead of 2 over 22 discordant pairs is noise: {r:?}"
+        );
+        assert!(r.reason.starts_with("bypassed"));
+        assert!(!run(StageMode::Auto, 200, 0, 0).on);
+    }
+
+    #[test]
+    fn a_stage_that_erases_the_rare_class_is_bypassed() {
+        // 10% class 0. The input gets half the rare rows right and about 40 common ones
+        // wrong; the output says class 1 everywhere: more accurate, and no class 0 left.
+        let n = 400;
+        let gold: Vec<usize> = (0..n).map(|i| usize::from(i % 10 != 0)).collect();
+        let input: Vec<Option<usize>> = (0..n)
+            .map(|i| match (gold[i], i % 20 == 0, i % 9 == 1) {
+                (0, true, _) => Some(0),
+                (0, false, _) => Some(1),
+                (_, _, true) => Some(0),
+                (g, _, _) => Some(g),
+            })
+            .collect();
+        let output = vec![Some(1); n];
+        let c = Compared {
+            classes: 2,
+            gold: &gold,
+            input: &input,
+            output: &output,
+        };
+        let r = check(Stage::SourceModel, StageMode::Auto, &c, DEFAULT_Z);
+        assert!(r.output_accuracy > r.input_accuracy, "{r:?}");
+        assert!(!r.on, "{r:?}");
+        assert!(r.reason.contains("macro-F1 falls"), "{}", r.reason);
+    }
+
+    #[test]
+    fn settings_force_a_stage_and_no_gold_bypasses_auto() {
+        assert!(run(StageMode::On, 100, 0, 20).on);
+        assert!(!run(StageMode::Off, 100, 40, 0).on);
+        let r = run(StageMode::Auto, 0, 0, 0);
+        assert!(!r.on && r.reason.contains("no gold"));
+    }
+}
