@@ -10,69 +10,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng};
 
-use crate::config::{ModelArgs, Overlong};
+use crate::cli::{BenchArgs, BenchKind, EmbedBench, GraphBench};
 use crate::graph::index::VectorIndex;
 use crate::graph::spreading::{full_pass, local_update, Graph, Params};
 use crate::model::encoder::{embed_batch, Encoded};
 use crate::model::Encoder;
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub kind: BenchKind,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchKind {
-    /// Encoder throughput.
-    Embed(EmbedBench),
-    /// Incremental graph smoothing against full passes.
-    Graph(GraphBench),
-}
-
-#[derive(Args, Debug)]
-pub struct EmbedBench {
-    /// JSONL file with a "text" field per line (e.g. ../shared/datasets/sst2/validation.jsonl).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Texts to embed per run.
-    #[arg(long, default_value_t = 512)]
-    pub limit: usize,
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    pub threads: Vec<usize>,
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-    pub batch_sizes: Vec<usize>,
-    /// Runs per configuration (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
-    #[command(flatten)]
-    pub model: ModelArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct GraphBench {
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
-    pub sizes: Vec<usize>,
-    /// Examples per incremental update.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Incremental updates measured per size.
-    #[arg(long, default_value_t = 20)]
-    pub updates: usize,
-    #[arg(long, default_value_t = 10)]
-    pub k: usize,
-    #[arg(long, default_value_t = 2)]
-    pub hops: usize,
-    #[arg(long, default_value_t = 0.9)]
-    pub alpha: f32,
-    /// Index sizes at which usearch's add + search per batch is measured (384-d vectors);
-    /// `0` skips it.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
-    pub index_sizes: Vec<usize>,
-}
+use crate::model::Overlong;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.kind {

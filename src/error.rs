@@ -16,12 +16,12 @@ pub enum Error {
     /// 400: the request could not be parsed.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
-    /// 401: missing credentials.
-    #[error("missing or malformed Authorization header")]
+    /// 401: no valid key (missing, malformed or unknown); answered with `WWW-Authenticate`.
+    #[error("this request needs `Authorization: Bearer <key>` with a valid API key")]
     Unauthorized,
-    /// 403: wrong credentials.
-    #[error("invalid API key")]
-    Forbidden,
+    /// 403: a valid key without the scope or the task the request needs.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: an unknown task, example, job or model version.
     #[error("{0}")]
     NotFound(String),
@@ -59,6 +59,17 @@ pub enum Error {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<crate::model::WorkerError> for Error {
+    fn from(e: crate::model::WorkerError) -> Self {
+        use crate::model::WorkerError;
+        match e {
+            WorkerError::Overloaded { retry_after_secs } => Error::Overloaded { retry_after_secs },
+            WorkerError::Stopped => Error::Unavailable("the model worker has stopped".into()),
+            WorkerError::Failed(e) => Error::Internal(e),
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Error::Invalid {
@@ -90,7 +101,7 @@ impl Error {
         match self {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::Forbidden => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict { .. } | Error::Cancelled => StatusCode::CONFLICT,
@@ -99,6 +110,9 @@ impl Error {
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(e) if crate::store::is_write_conflict(e) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Database(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,7 +123,7 @@ impl Error {
             | Error::Conflict { code, .. }
             | Error::Invalid { code, .. } => code,
             Error::Unauthorized => "unauthorized",
-            Error::Forbidden => "forbidden",
+            Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::TooLarge(_) => "too_large",
@@ -117,6 +131,7 @@ impl Error {
             Error::Overloaded { .. } => "overloaded",
             Error::Cancelled => "cancelled",
             Error::Unavailable(_) => "not_ready",
+            Error::Database(e) if crate::store::is_write_conflict(e) => "write_conflict",
             Error::Database(_) | Error::Internal(_) => "internal",
         }
     }
@@ -143,6 +158,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = match &self {
+            Error::Database(e) if crate::store::is_write_conflict(e) => {
+                tracing::warn!(error = %e, "write conflict outlasted its retries");
+                "the write met concurrent writes and was rolled back after several retries; \
+                 re-send it: example, weak-label and gold writes are idempotent"
+                    .to_string()
+            }
             Error::Database(e) => {
                 tracing::error!(error = %e, "database error");
                 "internal error (see the server log)".to_string()
@@ -165,11 +186,21 @@ impl IntoResponse for Error {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let Error::Overloaded { retry_after_secs } = self {
+        let retry_after = match &self {
+            Error::Overloaded { retry_after_secs } => Some(*retry_after_secs),
+            Error::Database(e) if crate::store::is_write_conflict(e) => Some(1),
+            _ => None,
+        };
+        if matches!(self, Error::Unauthorized) {
             response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sw2s\""),
             );
+        }
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
     }

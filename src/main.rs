@@ -1,7 +1,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use sw2s::config::{Cli, Command, LogFormat};
+use sw2s::cli::{Cli, Command, LogFormat};
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("SW2S_LOG")
@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", report.markdown());
             Ok(())
         }
+        Command::Keys(command) => sw2s::api::auth::run_command(command),
         Command::Openapi => {
             println!("{}", sw2s::api::openapi_json());
             Ok(())

@@ -8,8 +8,9 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::auth::Keys;
 use crate::api::{self, HttpConfig};
-use crate::config::ServeArgs;
+use crate::cli::ServeArgs;
 use crate::model::fetch::resolve_model_dir;
 use crate::model::BatchConfig;
 use crate::service::{Limits, Model, Service};
@@ -26,6 +27,21 @@ pub struct Running {
 /// Loads everything, binds the address and starts serving; `/ready` turns true once the
 /// model has answered its warm-up.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
+    // Keys first: a configuration that would leave /v1 open by mistake stops here.
+    let keys = Keys::load(args.api_key.as_deref(), args.keys_file.as_deref())?;
+    if keys.is_empty() && !args.addr.ip().is_loopback() && !args.allow_unauthenticated {
+        anyhow::bail!(
+            "refusing to serve /v1 without API keys on {}: set --api-key / SW2S_API_KEY or \
+             --keys-file / SW2S_KEYS_FILE, or pass --allow-unauthenticated",
+            args.addr
+        );
+    }
+    if keys.is_empty() {
+        tracing::warn!(
+            "no API keys: /v1 is open to anyone who can reach {}",
+            args.addr
+        );
+    }
     let data_dir = args.model.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -58,7 +74,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let app = api::router(
         service.clone(),
         &HttpConfig {
-            api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+            keys: keys.clone(),
             max_body_bytes: args.max_body_bytes,
             request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
         },
@@ -83,6 +99,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if jobs.is_some() {
         service.fail_interrupted_jobs().await?;
     }
+    tokio::spawn(watch_keys(keys, stopped.clone()));
     let background = tokio::spawn(background_loop(
         service.clone(),
         Duration::from_millis(args.scheduler_interval_ms.max(10)),
@@ -96,6 +113,33 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         http,
         background,
     })
+}
+
+/// Re-reads the key file on SIGHUP and when it changes (checked every 2 s).
+async fn watch_keys(keys: Keys, mut stopped: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        tokio::select! {
+            _ = hup => match keys.reload() {
+                Ok(n) => tracing::info!(keys = n, "SIGHUP: keys reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the key file cannot be used; the previous keys stay in force"),
+            },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => keys.reload_if_changed(),
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Warm-up, then the periodic work: the recovery sweep (examples left undecided by a crash,

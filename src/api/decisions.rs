@@ -11,7 +11,8 @@ use utoipa::IntoParams;
 
 use super::{ok, ApiPath, ApiQuery, AppState};
 use crate::error::{Error, ErrorBody};
-use crate::service::decisions::{ExportLine, ReviewQueue};
+use crate::service::export::ExportLine;
+use crate::service::review::ReviewQueue;
 use crate::store::decisions::ExportFilter;
 
 pub fn router() -> Router<AppState> {

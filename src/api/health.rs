@@ -40,12 +40,19 @@ pub async fn health() -> Response {
     })
 }
 
-/// Readiness: the model has answered its warm-up and the database answers.
+/// Readiness: the model has answered its warm-up, its queue has room for a batch, and the
+/// database answers.
 #[utoipa::path(get, path = "/ready", tag = "service", security(()),
     responses((status = 200, body = Status), (status = 503, body = crate::error::ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Result<Response, Error> {
     if !state.service.is_ready() {
         return Err(Error::Unavailable("the model is still loading".into()));
+    }
+    if !state.service.model.worker.has_room() {
+        return Err(Error::Unavailable(format!(
+            "the model queue is full ({} texts waiting or running)",
+            state.service.model.worker.queued_texts()
+        )));
     }
     state
         .service
@@ -69,7 +76,7 @@ pub struct Info {
     pub max_batch_tokens: usize,
     pub max_queue_texts: usize,
     /// `truncate` or `refuse`: what happens to texts over `model.max_length` tokens.
-    pub on_overlong: crate::config::Overlong,
+    pub on_overlong: crate::model::Overlong,
 }
 
 /// The model and the limits this server runs with.

@@ -1,4 +1,4 @@
-//! /v1/tasks/{task}/jobs and /models
+//! /v1/tasks/{task}/jobs
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,7 +9,6 @@ use axum::Router;
 use super::{ok, ApiJsonOrEmpty, ApiPath, AppState};
 use crate::error::{Error, ErrorBody};
 use crate::service::jobs::{CreateJob, JobList, JobView};
-use crate::service::models::{Activation, ModelList};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -17,14 +16,12 @@ pub fn router() -> Router<AppState> {
         .route("/tasks/{task}/jobs/{job}", get(get_job))
         .route("/tasks/{task}/jobs/{job}/cancel", post(cancel_job))
         .route("/tasks/{task}/jobs/{job}/retry", post(retry_job))
-        .route("/tasks/{task}/models", get(list_models))
-        .route("/tasks/{task}/models/{version}/activate", post(activate))
 }
 
 /// Start a selective fine-tuning job: `head` (frozen encoder) or `full` (encoder and head).
 /// 202 with the queued job; 409 with the active one if the task already has a job.
 #[utoipa::path(post, path = "/v1/tasks/{task}/jobs", tag = "jobs", params(("task" = String, Path)),
-    request_body(content = CreateJob, description = "an empty body uses the task's job_mode"),
+    request_body(content = Option<CreateJob>, description = "an empty body uses the task's job_mode"),
     responses((status = 202, body = JobView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_job(
     State(state): State<AppState>,
@@ -74,33 +71,4 @@ pub async fn retry_job(
 ) -> Result<Response, Error> {
     let job = state.service.retry_job(&task, job).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(job)).into_response())
-}
-
-/// Model versions with their manifests (metrics, P(IK) calibration, τ).
-#[utoipa::path(get, path = "/v1/tasks/{task}/models", tag = "jobs", params(("task" = String, Path)),
-    responses((status = 200, body = ModelList), (status = 404, body = ErrorBody)))]
-pub async fn list_models(
-    State(state): State<AppState>,
-    ApiPath(task): ApiPath<String>,
-) -> Result<Response, Error> {
-    Ok(ok(state.service.list_models(&task).await?))
-}
-
-/// Serve another version (roll back or forward). 200 when done (decisions re-score in the
-/// background); 202 with a job when the version's encoder differs and the task is re-embedded.
-#[utoipa::path(post, path = "/v1/tasks/{task}/models/{version}/activate", tag = "jobs",
-    params(("task" = String, Path), ("version" = i64, Path)),
-    responses((status = 200, body = Activation), (status = 202, body = Activation), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
-pub async fn activate(
-    State(state): State<AppState>,
-    ApiPath((task, version)): ApiPath<(String, i64)>,
-) -> Result<Response, Error> {
-    let (queued, activation) = state.service.activate(&task, version).await?;
-    let status = if queued {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, axum::Json(activation)).into_response())
 }

@@ -1,10 +1,13 @@
 //! The HTTP layer: routing, extraction, auth, limits, metrics and the OpenAPI document.
 //! Handlers only validate the shape of a request, call the service and map its errors.
 
+pub mod auth;
 pub mod decisions;
 pub mod examples;
 pub mod health;
 pub mod jobs;
+pub mod label_studio;
+pub mod models;
 pub mod predict;
 pub mod sources;
 pub mod tasks;
@@ -32,14 +35,14 @@ use crate::service::Service;
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<Service>,
-    pub api_key: Option<Arc<str>>,
+    pub keys: auth::Keys,
     pub metrics: PrometheusHandle,
 }
 
 /// HTTP settings of the router.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    pub api_key: Option<String>,
+    pub keys: auth::Keys,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
 }
@@ -66,7 +69,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub fn router(service: Arc<Service>, config: &HttpConfig) -> Router {
     let state = AppState {
         service,
-        api_key: config.api_key.as_deref().map(Arc::from),
+        keys: config.keys.clone(),
         metrics: metrics_handle(),
     };
     let v1 = Router::new()
@@ -76,11 +79,15 @@ pub fn router(service: Arc<Service>, config: &HttpConfig) -> Router {
         .merge(predict::router())
         .merge(decisions::router())
         .merge(jobs::router())
+        .merge(models::router())
         .merge(sources::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let ls =
+        label_studio::router().route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(health::router())
         .nest("/v1", v1)
+        .merge(ls)
         .fallback(|| async { Error::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(
@@ -102,27 +109,18 @@ pub fn router(service: Arc<Service>, config: &HttpConfig) -> Router {
         .with_state(state)
 }
 
-/// Bearer-token auth for /v1 when `--api-key` is set.
+/// API-key auth for /v1 (see `auth`): the caller's key, its scope and its tasks.
 async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            None => return Error::Unauthorized.into_response(),
-            Some(token) if !constant_time_eq(token.as_bytes(), key.as_bytes()) => {
-                return Error::Forbidden.into_response()
-            }
-            Some(_) => {}
-        }
+    let path = request.uri().path();
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth::check(&state.keys, request.method(), path, authorization) {
+        Ok(_) => next.run(request).await,
+        Err(e) => e.into_response(),
     }
-    next.run(request).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn track_metrics(request: Request, next: Next) -> Response {
@@ -234,6 +232,73 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Every error a /v1 operation can answer, documented on each operation that can meet it
+/// (clients and schemathesis read the statuses from the spec): auth, malformed input,
+/// limits, overload and write conflicts.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") && !path.starts_with("/ls/") {
+                continue;
+            }
+            let has_params = path.contains('{');
+            for op in [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let has_body = op.request_body.is_some();
+                let has_query = op.parameters.as_ref().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Query)
+                });
+                let mut statuses = vec![
+                    ("401", "No valid API key (`WWW-Authenticate: Bearer`)"),
+                    ("403", "The key lacks the scope or the task this request needs"),
+                    ("429", "The model queue is full (`Retry-After`)"),
+                    ("503", "Not ready, timed out, or a write conflict outlasted its retries (`Retry-After`; re-send)"),
+                ];
+                if has_params || has_body || has_query {
+                    statuses.push(("400", "Malformed JSON, query or path"));
+                    statuses.push(("422", "Well-formed but invalid"));
+                }
+                if has_params {
+                    statuses.push(("404", "No such task, example, job or version"));
+                }
+                if has_body {
+                    statuses.push(("413", "Body or batch over the limits"));
+                    statuses.push(("415", "The body is not `application/json`"));
+                }
+                for (status, description) in statuses {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -265,13 +330,20 @@ impl Modify for BearerAuth {
         jobs::get_job,
         jobs::cancel_job,
         jobs::retry_job,
-        jobs::list_models,
-        jobs::activate,
+        models::list_models,
+        models::activate,
         sources::sources,
         sources::report,
+        sources::graph,
+        label_studio::health,
+        label_studio::setup,
+        label_studio::predict,
+        label_studio::webhook,
+        label_studio::train,
+        label_studio::versions,
     ),
     components(schemas(crate::error::ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     security(("api_key" = [])),
     tags(
         (name = "service", description = "Health, readiness, model information, metrics"),
@@ -280,6 +352,7 @@ impl Modify for BearerAuth {
         (name = "model", description = "Embeddings and predictions"),
         (name = "decisions", description = "Decided labels, their provenance, and what to review"),
         (name = "jobs", description = "Selective fine-tuning jobs and model versions"),
+        (name = "label_studio", description = "A task as a Label Studio ML backend (`/ls/{task}`)"),
         (name = "quality", description = "Weak sources, safeguards and calibration: what a task's labels rest on"),
     )
 )]

@@ -4,7 +4,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::model::heads::softmax;
+use crate::method::heads::softmax;
 
 pub const BUCKETS: usize = 1 << 18;
 

@@ -64,6 +64,6 @@ pub fn cached_embeddings(
         progress.inc(chunk.len() as u64);
     }
     std::fs::create_dir_all(key.dir)?;
-    crate::model::manifest::write_atomic(&path, &crate::store::f32s_to_bytes(&out.concat()))?;
+    crate::fsio::write_atomic(&path, &crate::store::f32s_to_bytes(&out.concat()))?;
     Ok(out)
 }

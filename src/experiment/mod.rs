@@ -7,7 +7,6 @@
 //! itself, or a noise model); weak-train's ground truth plays the gold labels; each method
 //! trains a strong model on strong-train and is scored on test.
 
-pub mod args;
 pub mod bow;
 pub mod cache;
 pub mod data;
@@ -23,18 +22,18 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use args::ExperimentArgs;
+pub use crate::cli::ExperimentArgs;
 use data::{Row, Split};
 pub use methods::{catalogue, Method, Run};
 use strong::{FullStrong, HeadStrong, Strong};
 use weak::{WeakKind, WeakLabeler};
 
-use crate::config::Overlong;
 use crate::graph::{GraphSettings, Insert, TaskGraph};
 use crate::method::label_model::Vote;
 use crate::method::prior::{estimate, PriorEstimate, PriorEvidence};
 use crate::method::weak::{aggregate, argmax, one_hot, WeakVote};
 use crate::model::encoder::{read_config, TextTokenizer};
+use crate::model::Overlong;
 use crate::service::settings::{JobMode, TaskSettings};
 
 /// What every method of one seed shares.
@@ -148,7 +147,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
     let tokenizer = TextTokenizer::load(&model_dir, max_len)?;
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let tokenized = tokenizer.tokenize(&texts, Overlong::Truncate)?;
-    let sha = crate::model::encoder::sha256_file(&model_dir.join("model.safetensors"))?;
+    let sha = crate::fsio::sha256_file(&model_dir.join("model.safetensors"))?;
     let cache_dir = args.model.data_dir.join("experiment-cache");
     let texts_key = texts.join("\u{1}");
     let key = |layers| cache::CacheKey {

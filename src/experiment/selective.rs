@@ -15,18 +15,17 @@ use crate::method::confidence::{
     fit_trust, trust_features, uncalibrated_weak, CalibrationReport, PrecisionThreshold,
     TrustModel, WeakEvidence,
 };
+use crate::method::heads::sigmoid;
 use crate::method::label_model::{fit_sources, LabelModelConfig, LabelModelKind, Observations};
 use crate::method::metrics::auroc;
 use crate::method::pik::{msp, pik_features};
+use crate::method::pik::{train_pik, PikConfig, PikSample};
+use crate::method::policy::{fit_policy, PolicyCase, PolicyConfig};
 use crate::method::prior::{estimate, PriorEvidence};
+use crate::method::rule::{decide, DecisionSource, Inputs, StrongSide, WeakSide};
 use crate::method::safeguard::{check, Compared, Stage, StageMode, StageReport, DEFAULT_Z};
-use crate::method::selection::{decide, DecisionSource, Inputs, StrongSide, WeakSide};
-use crate::method::selective::{
-    fit_policy, train_pik, PikConfig, PikSample, PolicyCase, PolicyConfig,
-};
 use crate::method::training::TrainConfig;
 use crate::method::weak::argmax;
-use crate::model::heads::sigmoid;
 use crate::service::settings::TaskSettings;
 
 /// The weak side of one row: the refined label in force, with its evidence.

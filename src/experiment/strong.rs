@@ -9,11 +9,11 @@ use anyhow::bail;
 use candle_core::Device;
 
 use super::Ctx;
+use crate::method::finetune::{finetune, FinetuneParams, TrainableBert};
+use crate::method::heads::{softmax, LinearHead};
 use crate::method::training::{train_softmax, Dataset, LogConf, TrainConfig};
 use crate::model::bert::{Bert, BertConfig};
 use crate::model::encoder::{embed_batch, Encoded};
-use crate::model::finetune::{finetune, FinetuneParams, TrainableBert};
-use crate::model::heads::{softmax, LinearHead};
 use crate::service::settings::TaskSettings;
 
 /// A trained strong model's view of the rows it was asked about.

@@ -12,10 +12,10 @@ use rand::{Rng, SeedableRng};
 
 use super::bow;
 use super::data::{Row, Split};
+use crate::method::heads::softmax;
 use crate::method::label_model::Vote;
 use crate::method::training::{train_softmax, Dataset, TrainConfig};
 use crate::method::weak::one_hot;
-use crate::model::heads::softmax;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum WeakKind {

@@ -105,7 +105,7 @@ impl VectorIndex {
             .map_err(|e| anyhow!("saving the index: {e}"))?;
         std::fs::File::open(&tmp)?.sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;
-        crate::model::manifest::sync_dir(dir);
+        crate::fsio::sync_dir(dir);
         Ok(())
     }
 

@@ -1,21 +1,22 @@
 //! One task's similarity graph: the usearch index of its embeddings, the kNN graph over them,
-//! and label spreading of the weak labels (DESIGN.md §1.2).
+//! and label spreading of the weak labels (README, "Graph smoothing").
 //!
 //! The database is the source of truth; this is a cache rebuilt from stored embeddings. A
 //! snapshot (`graph.bin` + the index file it names) is saved now and then; on load the
 //! service replays what the snapshot missed or rebuilds when it does not match.
 
+mod balance;
 pub mod index;
+mod snapshot;
 pub mod spreading;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use balance::{readout, scale_for, share_weights};
 use index::VectorIndex;
-use spreading::{full_pass, local_update, normalize, Graph, Params};
+use spreading::{full_pass, local_update, Graph, Params};
 
 /// Smoothing settings of a task (see `service::settings`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,134 +112,6 @@ pub struct TaskGraph {
     share_weights: Vec<f32>,
     /// Identifies the embeddings (the encoder that made them).
     pub encoder_id: String,
-}
-
-/// How much of the direct (1−α)·Y term the readout removes.
-fn self_discount(settings: GraphSettings) -> f32 {
-    (1.0 - settings.self_weight) * (1.0 - settings.alpha)
-}
-
-/// Per-class factors of the readout: the class's target over its mass in the readout,
-/// Σ_i (F_ic − discount·Y_ic). `Estimated` targets equal masses, then weights the classes
-/// (`weights`, from [`share_weights`]) so that the shares of the argmax follow the prior.
-fn scale_for(settings: GraphSettings, weights: &[f32], mass_f: &[f64], mass_y: &[f64]) -> Vec<f32> {
-    let discount = self_discount(settings) as f64;
-    mass_f
-        .iter()
-        .zip(mass_y)
-        .enumerate()
-        .map(|(c, (&f, &y))| {
-            let target = match settings.class_balance {
-                ClassBalance::None => None,
-                ClassBalance::WeakPrior => Some(y),
-                ClassBalance::Uniform => Some(1.0),
-                ClassBalance::Estimated => Some(weights.get(c).copied().unwrap_or(1.0) as f64),
-            };
-            match target {
-                Some(q) if f - discount * y > 1e-12 && q > 0.0 => (q / (f - discount * y)) as f32,
-                _ => 1.0,
-            }
-        })
-        .collect()
-}
-
-/// Class weights for `Estimated` balance: with each class's readout divided by its mass,
-/// the weights w make the share of nodes whose argmax of w_c·h_ic is c equal the prior
-/// (the weak labels' shares without one). Two classes: the exact quantile of the score
-/// ratio; more: damped iterative scaling. Other balances: all ones.
-fn share_weights(
-    settings: GraphSettings,
-    prior: Option<&[f64]>,
-    f: &[f32],
-    y: &[f32],
-    mass_f: &[f64],
-    mass_y: &[f64],
-    classes: usize,
-) -> Vec<f32> {
-    let ones = vec![1.0f32; classes];
-    if settings.class_balance != ClassBalance::Estimated || classes < 2 {
-        return ones;
-    }
-    let target: Vec<f64> = match prior {
-        Some(p) if p.len() == classes => p.to_vec(),
-        _ => {
-            let total: f64 = mass_y.iter().sum();
-            if total <= 0.0 {
-                return ones;
-            }
-            mass_y.iter().map(|m| m / total).collect()
-        }
-    };
-    let uniform = GraphSettings {
-        class_balance: ClassBalance::Uniform,
-        ..settings
-    };
-    let scale = scale_for(uniform, &ones, mass_f, mass_y);
-    let n = f.len() / classes;
-    let rows: Vec<Vec<f32>> = (0..n as u32)
-        .filter_map(|node| readout(uniform, f, y, node, classes, &scale))
-        .collect();
-    if rows.is_empty() {
-        return ones;
-    }
-    if classes == 2 {
-        // Class 1 wins where w·h1 > h0, i.e. log(h1/h0) > −log w: put the cut at the
-        // (1 − π1) quantile of the log ratios.
-        let mut ratios: Vec<f64> = rows
-            .iter()
-            .map(|r| ((r[1] as f64).max(1e-12) / (r[0] as f64).max(1e-12)).ln())
-            .collect();
-        ratios.sort_by(|a, b| a.total_cmp(b));
-        let cut = ((1.0 - target[1]) * ratios.len() as f64).round() as usize;
-        let t = match cut {
-            0 => ratios[0] - 1e-6,
-            c if c >= ratios.len() => ratios[ratios.len() - 1] + 1e-6,
-            c => (ratios[c - 1] + ratios[c]) / 2.0,
-        };
-        return vec![1.0, (-t).exp() as f32];
-    }
-    let mut w = vec![1.0f64; classes];
-    for _ in 0..200 {
-        let mut counts = vec![0usize; classes];
-        for r in &rows {
-            let best = (0..classes)
-                .max_by(|&a, &b| (w[a] * r[a] as f64).total_cmp(&(w[b] * r[b] as f64)))
-                .unwrap_or(0);
-            counts[best] += 1;
-        }
-        let mut moved = 0.0f64;
-        for c in 0..classes {
-            let share = (counts[c] as f64 / rows.len() as f64).max(1e-4);
-            let step = (target[c].max(1e-4) / share).powf(0.3);
-            w[c] *= step;
-            moved = moved.max((step - 1.0).abs());
-        }
-        if moved < 1e-3 {
-            break;
-        }
-    }
-    let max = w.iter().cloned().fold(f64::MIN, f64::max);
-    w.iter().map(|v| (v / max) as f32).collect()
-}
-
-/// One node's refined label: h = F − discount·Y, class-scaled, normalised.
-fn readout(
-    settings: GraphSettings,
-    f: &[f32],
-    y: &[f32],
-    node: u32,
-    classes: usize,
-    scale: &[f32],
-) -> Option<Vec<f32>> {
-    let discount = self_discount(settings);
-    let range = node as usize * classes..(node as usize + 1) * classes;
-    let row: Vec<f32> = f[range.clone()]
-        .iter()
-        .zip(&y[range])
-        .zip(scale)
-        .map(|((f, y), s)| (f - discount * y).max(0.0) * s)
-        .collect();
-    normalize(&row)
 }
 
 fn label_of(r: &[f32]) -> Option<usize> {
@@ -636,187 +509,11 @@ impl TaskGraph {
     pub fn node_count_and_edges(&self) -> (usize, usize) {
         (self.len(), self.graph.edge_count())
     }
-
-    /// Saves `graph.bin` and the index it names into `dir`, each atomically; the index is
-    /// written first, so `graph.bin` never names a missing index.
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let index_name = format!("index-{generation}.usearch");
-        self.index.save(&dir.join(&index_name))?;
-        let mut buf = Vec::new();
-        buf.extend_from_slice(MAGIC);
-        write_str(&mut buf, &index_name);
-        write_str(&mut buf, &self.encoder_id);
-        for v in [
-            self.index.dims() as u64,
-            self.classes as u64,
-            self.settings.k as u64,
-            self.keys.len() as u64,
-            self.updates_since_full as u64,
-        ] {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        for key in &self.keys {
-            buf.extend_from_slice(&key.to_le_bytes());
-        }
-        for v in self.y.iter().chain(&self.f).chain(&self.saved) {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        for node in 0..self.keys.len() as u32 {
-            let list = self.graph.knn(node);
-            buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
-            for &(n, s) in list {
-                buf.extend_from_slice(&n.to_le_bytes());
-                buf.extend_from_slice(&s.to_le_bytes());
-            }
-        }
-        crate::model::manifest::write_atomic(&dir.join(GRAPH_FILE), &buf)?;
-        // Older index files are no longer named by graph.bin.
-        for entry in std::fs::read_dir(dir)?.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with("index-") && name.ends_with(".usearch") && name != index_name {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        Ok(())
-    }
-
-    /// Loads a snapshot; any inconsistency (truncation, other dims/classes/k, an index of
-    /// another size) is an error, and the caller rebuilds from the database.
-    pub fn load(
-        dir: &Path,
-        dims: usize,
-        classes: usize,
-        settings: GraphSettings,
-    ) -> anyhow::Result<Self> {
-        let path = dir.join(GRAPH_FILE);
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .with_context(|| format!("opening {}", path.display()))?
-            .read_to_end(&mut bytes)?;
-        let mut r = Reader {
-            bytes: &bytes,
-            pos: 0,
-        };
-        if r.take(MAGIC.len())? != MAGIC {
-            bail!("{} is not a sw2s graph snapshot", path.display());
-        }
-        let index_name = r.string()?;
-        let encoder_id = r.string()?;
-        let (file_dims, file_classes, file_k, n, since_full) =
-            (r.u64()?, r.u64()?, r.u64()?, r.u64()? as usize, r.u64()?);
-        if (file_dims as usize, file_classes as usize, file_k as usize)
-            != (dims, classes, settings.k)
-        {
-            bail!("snapshot was made with other dims/classes/k");
-        }
-        let keys: Vec<i64> = (0..n).map(|_| r.i64()).collect::<anyhow::Result<_>>()?;
-        let mut floats =
-            |count: usize| -> anyhow::Result<Vec<f32>> { (0..count).map(|_| r.f32()).collect() };
-        let y = floats(n * classes)?;
-        let f = floats(n * classes)?;
-        let saved = floats(n * classes)?;
-        let mut graph = Graph::new(settings.k);
-        for _ in 0..n {
-            graph.add_node();
-        }
-        let mut lists = Vec::with_capacity(n);
-        for _ in 0..n {
-            let len = r.u32()? as usize;
-            let mut list = Vec::with_capacity(len);
-            for _ in 0..len {
-                let node = r.u32()?;
-                if node as usize >= n {
-                    bail!("snapshot names node {node} of {n}");
-                }
-                list.push((node, r.f32()?));
-            }
-            lists.push(list);
-        }
-        for (node, list) in lists.into_iter().enumerate() {
-            graph.set_knn(node as u32, list);
-        }
-        let index = VectorIndex::load(&dir.join(&index_name), dims)?;
-        if index.len() != n {
-            bail!("index holds {} vectors, snapshot {n}", index.len());
-        }
-        let nodes = keys
-            .iter()
-            .enumerate()
-            .map(|(i, &k)| (k, i as u32))
-            .collect();
-        let mut graph = Self {
-            classes,
-            settings,
-            index,
-            keys,
-            nodes,
-            graph,
-            y,
-            f,
-            saved,
-            updates_since_full: since_full as u32,
-            mass_f: vec![],
-            mass_y: vec![],
-            prior: None,
-            share_weights: vec![1.0; classes],
-            encoder_id,
-        };
-        graph.recompute_masses();
-        Ok(graph)
-    }
-
-    pub fn snapshot_dir(data_dir: &Path, task_id: i64) -> PathBuf {
-        data_dir.join("graphs").join(format!("task-{task_id}"))
-    }
-}
-
-const MAGIC: &[u8] = b"SW2SGRAPH1";
-const GRAPH_FILE: &str = "graph.bin";
-
-fn write_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    buf.write_all(s.as_bytes()).ok();
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
-        if self.pos + n > self.bytes.len() {
-            bail!("snapshot is truncated");
-        }
-        let out = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-    fn u32(&mut self) -> anyhow::Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into()?))
-    }
-    fn u64(&mut self) -> anyhow::Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
-    }
-    fn i64(&mut self) -> anyhow::Result<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into()?))
-    }
-    fn f32(&mut self) -> anyhow::Result<f32> {
-        Ok(f32::from_le_bytes(self.take(4)?.try_into()?))
-    }
-    fn string(&mut self) -> anyhow::Result<String> {
-        let len = self.u32()? as usize;
-        Ok(String::from_utf8(self.take(len)?.to_vec())?)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::snapshot::GRAPH_FILE;
     use super::*;
     use rand::{Rng, SeedableRng};
 

@@ -1,16 +1,20 @@
-//! The method's pure logic (DESIGN.md §1): weak-label aggregation, P(IK) features, the
-//! selection rule, metrics and head training. Nothing here does I/O; tests call it directly.
+//! The method (README, "How a label is decided"), as pure logic over in-memory data: the
+//! model of the weak sources, class priors, the stage safeguards, P(IK), the weak-side trust
+//! model, the decision rule and policy, metrics, the per-task heads and every kind of
+//! training (heads, encoder fine-tuning). Nothing here does I/O; tests call it directly.
 //! Label spreading lives with the graph (`graph::spreading`).
 
 pub mod confidence;
+pub mod finetune;
+pub mod heads;
 pub mod label_model;
 pub mod metrics;
 pub mod pik;
 pub mod pipeline;
+pub mod policy;
 pub mod prior;
+pub mod rule;
 pub mod safeguard;
-pub mod selection;
-pub mod selective;
 pub mod training;
 pub mod weak;
 

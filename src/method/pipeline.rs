@@ -9,9 +9,9 @@ use utoipa::ToSchema;
 
 use super::confidence::{CalibrationReport, TrustModel};
 use super::label_model::{LabelModel, SourceFit, Vote};
+use super::policy::Policy;
 use super::prior::PriorEstimate;
 use super::safeguard::StageReport;
-use super::selective::Policy;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PipelineFit {

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::heads::LinearHead;
+use super::heads::{softmax, LinearHead};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -335,10 +335,62 @@ pub fn train_logistic(
     ))
 }
 
+/// Out-of-fold class probabilities for the gold rows: each fold's rows are predicted by a
+/// classifier trained without them (their gold label is a training target otherwise, and
+/// P(IK) would learn that the model is always right on gold).
+pub fn cross_fit(
+    data: &Dataset,
+    gold_rows: &[usize],
+    folds: usize,
+    cfg: &TrainConfig,
+    on_fold: &mut dyn FnMut(usize) -> bool,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let folds = folds.clamp(2, gold_rows.len().max(2));
+    let mut order: Vec<usize> = (0..gold_rows.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed));
+    let mut oof = vec![Vec::new(); gold_rows.len()];
+    let n = data.len();
+    for f in 0..folds {
+        if !on_fold(f) {
+            return Err(super::training::Cancelled.into());
+        }
+        let held: Vec<usize> = order.iter().copied().filter(|i| i % folds == f).collect();
+        let mut excluded = vec![false; n];
+        for &g in &held {
+            excluded[gold_rows[g]] = true;
+        }
+        let keep: Vec<usize> = (0..n).filter(|&i| !excluded[i]).collect();
+        let x: Vec<f32> = keep
+            .iter()
+            .flat_map(|&i| data.x[i * data.dims..(i + 1) * data.dims].iter().copied())
+            .collect();
+        let t: Vec<f32> = keep
+            .iter()
+            .flat_map(|&i| data.targets[i * data.k..(i + 1) * data.k].iter().copied())
+            .collect();
+        let w: Option<Vec<f32>> = data.weights.map(|w| keep.iter().map(|&i| w[i]).collect());
+        let part = Dataset {
+            x: &x,
+            dims: data.dims,
+            targets: &t,
+            k: data.k,
+            weights: w.as_deref(),
+        };
+        let (head, _) = train_softmax(&part, cfg, None, &mut |_| true)?;
+        for &g in &held {
+            let row = gold_rows[g];
+            oof[g] = softmax(&head.forward(&data.x[row * data.dims..(row + 1) * data.dims]));
+        }
+    }
+    Ok(oof)
+}
+
+/// One gold example as P(IK) sees it.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::heads::{sigmoid, softmax};
+    use crate::method::heads::{sigmoid, softmax};
+    use crate::method::weak::argmax;
     use rand::Rng;
 
     /// Two Gaussian blobs in 4 dimensions.
@@ -454,5 +506,53 @@ mod tests {
                 vec![1.0, 0.0]
             ]
         );
+    }
+
+    #[test]
+    fn cross_fitting_never_predicts_a_row_with_its_own_label() {
+        // A memorising setup: every row has a unique feature, its target is random. A model
+        // that saw the row's label would get it right; out of fold it is at chance.
+        let n = 200;
+        let dims = n;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let x: Vec<f32> = (0..n)
+            .flat_map(|i| (0..dims).map(move |j| if i == j { 1.0 } else { 0.0 }))
+            .collect();
+        let labels: Vec<usize> = (0..n).map(|_| rng.gen_range(0..2)).collect();
+        let t: Vec<f32> = labels
+            .iter()
+            .flat_map(|&l| crate::method::weak::one_hot(l, 2))
+            .collect();
+        let data = Dataset {
+            x: &x,
+            dims,
+            targets: &t,
+            k: 2,
+            weights: None,
+        };
+        let gold: Vec<usize> = (0..n).collect();
+        let train = TrainConfig {
+            epochs: 50,
+            lr: 0.1,
+            holdout: 0.0,
+            ..Default::default()
+        };
+        let oof = cross_fit(&data, &gold, 5, &train, &mut |_| true).unwrap();
+        let right = oof
+            .iter()
+            .zip(&labels)
+            .filter(|(p, &l)| argmax(p) == Some(l))
+            .count();
+        assert!(
+            right < 130,
+            "out-of-fold accuracy on random labels should be near chance: {right}/200"
+        );
+        let (head, _) = train_softmax(&data, &train, None, &mut |_| true).unwrap();
+        let in_sample = (0..n)
+            .filter(|&i| {
+                argmax(&softmax(&head.forward(&x[i * dims..(i + 1) * dims]))) == Some(labels[i])
+            })
+            .count();
+        assert!(in_sample > 190, "in sample it memorises: {in_sample}/200");
     }
 }

@@ -1,7 +1,7 @@
 //! A BERT encoder written against candle-core, trainable end to end.
 //!
 //! Why not `candle_transformers::models::bert`: its LayerNorm uses candle-nn's fused op, which
-//! has no backward pass, so every encoder weight silently gets a zero gradient (DESIGN.md §5).
+//! has no backward pass, so every encoder weight silently gets a zero gradient.
 //! Here LayerNorm and softmax use the fused ops at inference and plain tensor ops when
 //! training; a test holds the two paths to the same output and checks every gradient.
 

@@ -11,7 +11,26 @@ use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 use utoipa::ToSchema;
 
 use super::bert::{load_weights, Bert, BertConfig, Pass};
-use crate::config::Overlong;
+
+/// What to do with a text longer than the model accepts.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlong {
+    /// Keep the first tokens, as sentence-transformers does.
+    Truncate,
+    /// Reject the request with 422.
+    Refuse,
+}
 
 /// What `/info` and model manifests say about the encoder.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
@@ -171,23 +190,6 @@ pub fn max_length(dir: &Path, config: &BertConfig) -> usize {
     }
 }
 
-pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// Builds a BERT from a weights file with the given config (base or fine-tuned weights).
 pub fn load_bert(
     config: &BertConfig,
@@ -217,7 +219,7 @@ impl Encoder {
         let max_length = max_length(dir, &config);
         let tokenizer = TextTokenizer::load(dir, max_length)?;
         let weights = dir.join("model.safetensors");
-        let sha256 = sha256_file(&weights)?;
+        let sha256 = crate::fsio::sha256_file(&weights)?;
         let bert = load_bert(&config, &weights, None, &device)?;
         let model_id = std::fs::read_to_string(dir.join(super::fetch::MODEL_ID_FILE))
             .map(|s| s.trim().to_string())

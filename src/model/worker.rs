@@ -13,7 +13,21 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::bert::Bert;
 use super::encoder::{embed_batch, Encoded};
-use crate::error::Error;
+
+/// What the model worker can answer besides embeddings; the service turns it into its own
+/// error (429, 503, 500) at its edge.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The queue has no room for the texts now.
+    #[error("the model queue is full; retry after {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
+    /// The worker thread is gone (shutting down).
+    #[error("the model worker has stopped")]
+    Stopped,
+    /// The model failed on a batch.
+    #[error("the model failed: {0:#}")]
+    Failed(anyhow::Error),
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
@@ -69,12 +83,18 @@ impl ModelWorker {
         self.config.max_queue_texts - self.permits.available_permits()
     }
 
+    /// Whether the queue has room for one more full batch (readiness reports it).
+    pub fn has_room(&self) -> bool {
+        self.permits.available_permits()
+            >= self.config.max_batch_size.min(self.config.max_queue_texts)
+    }
+
     /// Embeds for a request: answers `Overloaded` at once when the queue has no room.
     pub async fn try_embed(
         &self,
         bert: &Arc<Bert>,
         items: Vec<Encoded>,
-    ) -> Result<Vec<Vec<f32>>, Error> {
+    ) -> Result<Vec<Vec<f32>>, WorkerError> {
         if items.is_empty() {
             return Ok(vec![]);
         }
@@ -85,7 +105,7 @@ impl ModelWorker {
             .try_acquire_many_owned(n)
             .map_err(|_| {
                 metrics::counter!("sw2s_model_rejected_total").increment(1);
-                Error::Overloaded {
+                WorkerError::Overloaded {
                     retry_after_secs: 1 + (self.queued_texts() / 100) as u64,
                 }
             })?;
@@ -97,7 +117,7 @@ impl ModelWorker {
         &self,
         bert: &Arc<Bert>,
         items: Vec<Encoded>,
-    ) -> Result<Vec<Vec<f32>>, Error> {
+    ) -> Result<Vec<Vec<f32>>, WorkerError> {
         let chunk = (self.config.max_queue_texts / 4).max(1);
         let mut out = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
@@ -108,7 +128,7 @@ impl ModelWorker {
                 .clone()
                 .acquire_many_owned(part.len() as u32)
                 .await
-                .map_err(|_| Error::Unavailable("the model worker has stopped".into()))?;
+                .map_err(|_| WorkerError::Stopped)?;
             out.extend(self.submit(bert, part, permit).await?);
         }
         Ok(out)
@@ -119,7 +139,7 @@ impl ModelWorker {
         bert: &Arc<Bert>,
         items: Vec<Encoded>,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Vec<Vec<f32>>, Error> {
+    ) -> Result<Vec<Vec<f32>>, WorkerError> {
         let (reply, rx) = oneshot::channel();
         metrics::gauge!("sw2s_model_queue_texts").set(self.queued_texts() as f64);
         self.tx
@@ -129,11 +149,9 @@ impl ModelWorker {
                 reply,
                 _permit: permit,
             })
-            .map_err(|_| Error::Unavailable("the model worker has stopped".into()))?;
-        let result = rx
-            .await
-            .map_err(|_| Error::Unavailable("the model worker has stopped".into()))?;
-        result.map_err(Error::Internal)
+            .map_err(|_| WorkerError::Stopped)?;
+        let result = rx.await.map_err(|_| WorkerError::Stopped)?;
+        result.map_err(WorkerError::Failed)
     }
 }
 
@@ -155,7 +173,18 @@ fn run(rx: mpsc::Receiver<Job>, device: Device, config: BatchConfig) {
     tracing::info!("model worker stopped");
 }
 
-fn run_group(bert: &Bert, jobs: Vec<Job>, device: &Device, config: &BatchConfig) {
+/// Whether a job's caller has gone (its request timed out or was dropped): its texts are
+/// not worth the model's time.
+fn abandoned(job: &Job) -> bool {
+    job.reply.is_closed()
+}
+
+fn run_group(bert: &Bert, mut jobs: Vec<Job>, device: &Device, config: &BatchConfig) {
+    let before = jobs.len();
+    jobs.retain(|j| !abandoned(j));
+    if jobs.len() < before {
+        metrics::counter!("sw2s_model_abandoned_total").increment((before - jobs.len()) as u64);
+    }
     let mut order: Vec<(usize, usize)> = jobs
         .iter()
         .enumerate()
@@ -167,6 +196,15 @@ fn run_group(bert: &Bert, jobs: Vec<Job>, device: &Device, config: &BatchConfig)
     let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
 
     for batch in plan_batches(&order, |&(j, i)| jobs[j].items[i].len(), config) {
+        // A caller may give up while earlier batches run.
+        let batch: Vec<(usize, usize)> = batch
+            .iter()
+            .copied()
+            .filter(|&(j, _)| !abandoned(&jobs[j]))
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
         let items: Vec<&Encoded> = batch.iter().map(|&(j, i)| &jobs[j].items[i]).collect();
         let started = Instant::now();
         match embed_batch(bert, &items, device) {
@@ -181,7 +219,7 @@ fn run_group(bert: &Bert, jobs: Vec<Job>, device: &Device, config: &BatchConfig)
             }
             Err(e) => {
                 tracing::error!(error = %e, "model batch failed");
-                for &(j, _) in batch {
+                for &(j, _) in &batch {
                     failed[j] = Some(e.to_string());
                 }
             }

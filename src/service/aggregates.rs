@@ -9,8 +9,11 @@ use std::collections::HashMap;
 use super::ingest::aggregate_of;
 use super::{dist_json, parse_dist, Service, TaskCtx};
 use crate::error::Result;
-use crate::store::examples;
+use futures::TryStreamExt;
+
 use crate::store::now_ms;
+use crate::store::weak_labels;
+use crate::store::{examples, keyset_pages};
 
 const PAGE: i64 = 2000;
 
@@ -24,15 +27,18 @@ impl Service {
             .unwrap_or_else(|| task.clone());
         let version = self.active_version(&task).await?;
         let pipeline = version.as_ref().and_then(|v| v.pipeline.as_ref());
-        let mut after = 0;
+        let pool = self.store.pool();
         let mut changed = 0;
-        loop {
-            let rows = examples::weak_page(self.store.pool(), task.id, after, PAGE).await?;
-            let Some(last) = rows.last().map(|r| r.0) else {
-                break;
-            };
-            let mut votes: HashMap<i64, Vec<examples::WeakLabelRow>> = HashMap::new();
-            for w in examples::weak_labels_between(self.store.pool(), task.id, after, last).await? {
+        let mut after = 0;
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |r: &(i64, Option<String>)| r.0,
+            |a| { examples::weak_page(pool, task.id, a, PAGE) }
+        ));
+        while let Some(rows) = pages.try_next().await? {
+            let last = rows.last().map_or(after, |r| r.0);
+            let mut votes: HashMap<i64, Vec<weak_labels::WeakLabelRow>> = HashMap::new();
+            for w in weak_labels::weak_labels_between(pool, task.id, after, last).await? {
                 votes.entry(w.example_id).or_default().push(w);
             }
             after = last;
@@ -53,7 +59,7 @@ impl Service {
                 continue;
             }
             changed += updates.len();
-            let mut tx = self.store.begin_write().await?;
+            let mut tx = self.store.begin_task_write(task.id).await?;
             let now = now_ms();
             for (id, weak) in &updates {
                 examples::set_weak_aggregate(tx.conn(), *id, weak.as_deref(), now).await?;

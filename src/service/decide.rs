@@ -5,21 +5,24 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::versions::LoadedVersion;
+use super::version_cache::LoadedVersion;
 use super::{dist_json, parse_dist, Service, TaskCtx};
 use crate::error::Result;
 use crate::method::confidence::{uncalibrated_weak, WeakEvidence};
 use crate::method::pik::{msp, PikSource};
 use crate::method::pipeline::PipelineFit;
+use crate::method::policy::Policy;
+use crate::method::rule::{decide, DecisionSource, Inputs, Rule, StrongSide, WeakSide};
 use crate::method::safeguard::StageMode;
-use crate::method::selection::{decide, DecisionSource, Inputs, Rule, StrongSide, WeakSide};
-use crate::method::selective::Policy;
 use crate::method::weak::argmax;
-use crate::store::examples::{self, Scores, WeakLabelRow};
-use crate::store::{bytes_to_f32s, decisions, now_ms};
+use crate::store::examples::{self, Scores};
+use crate::store::weak_labels::{self, WeakLabelRow};
+use crate::store::{bytes_to_f32s, decisions, keyset_pages, now_ms};
 
 /// Where a decision's confidence comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -217,13 +220,35 @@ impl Service {
         trigger: &str,
     ) -> Result<Vec<Current>> {
         let version = self.active_version(task).await?;
-        let decider = Decider::new(task, version.as_deref());
-        let tau = decider.rule.tau;
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
-            let rows = examples::by_ids(self.store.pool(), chunk).await?;
-            let embeddings: HashMap<i64, Vec<f32>> = match &version {
-                Some(_) => examples::embeddings_of(self.store.pool(), chunk)
+            let decided = super::retry::on_conflict("decide", || {
+                self.redecide_chunk(task, version.as_deref(), chunk, graph_version, trigger)
+            })
+            .await?;
+            out.extend(decided);
+        }
+        Ok(out)
+    }
+
+    /// Decides one chunk in one transaction. The rows are read inside it, under the task's
+    /// write lock: a decision never rests on a state another writer has since replaced.
+    async fn redecide_chunk(
+        &self,
+        task: &TaskCtx,
+        version: Option<&LoadedVersion>,
+        chunk: &[i64],
+        graph_version: i64,
+        trigger: &str,
+    ) -> Result<Vec<Current>> {
+        let decider = Decider::new(task, version);
+        let tau = decider.rule.tau;
+        let mut out = Vec::with_capacity(chunk.len());
+        {
+            let mut tx = self.store.begin_task_write(task.id).await?;
+            let rows = examples::by_ids(tx.conn(), chunk).await?;
+            let embeddings: HashMap<i64, Vec<f32>> = match version {
+                Some(_) => examples::embeddings_of(tx.conn(), chunk)
                     .await?
                     .into_iter()
                     .map(|r| (r.id, bytes_to_f32s(&r.embedding)))
@@ -231,14 +256,13 @@ impl Service {
                 None => HashMap::new(),
             };
             let mut votes: HashMap<i64, Vec<WeakLabelRow>> = HashMap::new();
-            for v in examples::weak_labels(self.store.pool(), chunk).await? {
+            for v in weak_labels::weak_labels(tx.conn(), chunk).await? {
                 votes.entry(v.example_id).or_default().push(v);
             }
             let now = now_ms();
-            let mut tx = self.store.begin_write().await?;
             for row in rows {
                 // Only embeddings from the version's own encoder can be scored by its heads.
-                let scored = version.as_ref().and_then(|v| {
+                let scored = version.and_then(|v| {
                     let same_encoder = row.encoder_id.as_deref() == Some(v.encoder_id.as_str());
                     embeddings
                         .get(&row.id)
@@ -294,7 +318,7 @@ impl Service {
                     pred_probs: probs_json.as_deref(),
                     p_ik: scored.as_ref().map(|s| s.p_ik as f64),
                     p_ik_source: pik_source.as_str(),
-                    version_id: version.as_ref().map(|v| v.id),
+                    version_id: version.map(|v| v.id),
                     refined: refined_json.as_deref(),
                     refined_label: refined_label.map(|l| l as i64),
                     confidence: outcome.confidence.map(f64::from),
@@ -312,12 +336,12 @@ impl Service {
                             source: outcome.source.as_str(),
                             p_ik: scores.p_ik,
                             p_ik_source: pik_source.as_str(),
-                            tau: version.as_ref().map(|_| tau as f64),
+                            tau: version.map(|_| tau as f64),
                             confidence: scores.confidence,
                             probs: probs_json.as_deref(),
                             weak: row.weak.as_deref(),
                             refined: refined_json.as_deref(),
-                            model_version_id: version.as_ref().map(|v| v.id),
+                            model_version_id: version.map(|v| v.id),
                             graph_version,
                             reason: &reason,
                             created_at: now,
@@ -365,13 +389,15 @@ impl Service {
             .await?
             .map(|t| t.graph_version)
             .unwrap_or(task.graph_version);
-        let mut after = 0;
         let mut done = 0;
         let mut changed = 0;
-        loop {
-            let ids = examples::ids_page(self.store.pool(), task.id, after, CHUNK as i64).await?;
-            let Some(&last) = ids.last() else { break };
-            after = last;
+        let pool = self.store.pool();
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |id: &i64| *id,
+            |a| { examples::ids_page(pool, task.id, a, CHUNK as i64) }
+        ));
+        while let Some(ids) = pages.try_next().await? {
             let results = self.redecide(task, &ids, graph_version, trigger).await?;
             changed += results.iter().filter(|c| c.changed).count();
             done += ids.len();

@@ -9,10 +9,11 @@ use super::ingest::DecisionView;
 use super::{parse_dist, Service, TaskCtx};
 use crate::error::{Error, Result};
 use crate::method::pik::PikSource;
-use crate::method::selection::DecisionSource;
+use crate::method::rule::DecisionSource;
 use crate::method::weak::argmax;
 use crate::store::decisions::DecisionRow;
 use crate::store::examples::{self, ExampleRow};
+use crate::store::weak_labels;
 
 /// A distribution over the task's labels and its most likely label.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -190,7 +191,7 @@ impl Service {
                     "example {external_id:?} does not exist in task {task_name:?}"
                 ))
             })?;
-        let weak_labels = examples::weak_labels(self.store.pool(), &[row.id])
+        let weak_labels = weak_labels::weak_labels(self.store.pool(), &[row.id])
             .await?
             .into_iter()
             .map(|w| WeakLabelView {
@@ -266,7 +267,7 @@ impl Service {
         let task = self.task(task_name).await?;
         let after_id = match after {
             None | Some("") => 0,
-            Some(c) => c.parse::<i64>().map_err(|_| {
+            Some(c) => c.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
                 Error::bad_request(
                     "invalid_cursor",
                     format!("cursor {c:?} is not one this server issued"),

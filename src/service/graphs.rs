@@ -7,13 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{dist_json, parse_dist, Service, TaskCtx};
 use crate::error::{Error, Result};
 use crate::graph::{Insert, TaskGraph, UpdateReport};
-use crate::store::bytes_to_f32s;
 use crate::store::examples::{self, GraphRow};
+use crate::store::{bytes_to_f32s, keyset_pages};
 
 pub struct Slot {
     pub graph: Option<TaskGraph>,
@@ -65,6 +66,22 @@ impl Registry {
             }
         }
     }
+}
+
+/// The state of a task's similarity graph against the database.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct GraphCheck {
+    /// Examples in the in-memory graph, after catching up.
+    pub nodes: usize,
+    /// Examples stored with an embedding from the graph's encoder: `nodes` should equal it.
+    pub stored_embeddings: i64,
+    /// Examples this check found missing from the graph and added.
+    pub added: usize,
+    pub encoder_id: String,
+    /// The task's graph version (bumped by every write of refined labels).
+    pub graph_version: i64,
+    /// Whether `nodes == stored_embeddings`.
+    pub consistent: bool,
 }
 
 /// What settling did.
@@ -168,22 +185,22 @@ impl Service {
             task.k(),
             task.settings.graph(),
             encoder_id,
-        )
-        .map_err(Error::Internal)?;
+        )?;
         let started = Instant::now();
         let mut last_log = Instant::now();
-        let mut after = 0;
-        loop {
-            let rows =
-                examples::graph_rows_page(self.store.pool(), task.id, after, PAGE, true).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id;
+        let pool = self.store.pool();
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |r: &GraphRow| r.id,
+            |a| { examples::graph_rows_page(pool, task.id, a, PAGE, true) }
+        ));
+        while let Some(rows) = pages.try_next().await? {
             let inserts: Vec<Insert> = rows
                 .iter()
                 .filter(|r| r.encoder_id.as_deref() == Some(encoder_id))
                 .map(|r| to_insert(r, true))
                 .collect();
-            tokio::task::block_in_place(|| graph.bulk_insert(&inserts)).map_err(Error::Internal)?;
+            tokio::task::block_in_place(|| graph.bulk_insert(&inserts))?;
             if last_log.elapsed() > Duration::from_secs(5) {
                 tracing::info!(task = %task.name, done = graph.len(), total, "rebuilding graph");
                 last_log = Instant::now();
@@ -201,16 +218,20 @@ impl Service {
     /// Aligns a loaded graph with the database: weak labels changed since the snapshot, and
     /// the refined labels the database holds (so only real changes are written back).
     async fn reconcile(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
-        let mut after = 0;
         let mut changed_weak = Vec::new();
-        loop {
-            let rows =
-                examples::graph_rows_page(self.store.pool(), task.id, after, PAGE * 5, false)
-                    .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id;
+        let pool = self.store.pool();
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |r: &GraphRow| r.id,
+            |a| { examples::graph_rows_page(pool, task.id, a, PAGE * 5, false) }
+        ));
+        let mut missing = Vec::new();
+        while let Some(rows) = pages.try_next().await? {
             for row in &rows {
                 if !graph.contains(row.id) {
+                    if row.encoder_id.as_deref() == Some(graph.encoder_id.as_str()) {
+                        missing.push(row.id);
+                    }
                     continue;
                 }
                 let weak = parse_dist(row.weak.as_deref());
@@ -220,23 +241,73 @@ impl Service {
                 graph.set_saved(row.id, parse_dist(row.smoothed.as_deref()).as_deref());
             }
         }
+        // Stored examples the snapshot lacks (written by another process, or committed
+        // after the snapshot was saved, in any id order) join the graph now.
+        if !missing.is_empty() {
+            tracing::info!(task = %task.name, examples = missing.len(), "adding stored examples the graph snapshot lacks");
+        }
+        for ids in missing.chunks(PAGE as usize) {
+            let rows = examples::graph_rows_of(self.store.pool(), ids).await?;
+            changed_weak.extend(rows.iter().map(|r| to_insert(r, true)));
+        }
         let report = tokio::task::block_in_place(|| -> anyhow::Result<UpdateReport> {
             graph.apply(&changed_weak)?;
             Ok(graph.full_update())
-        })
-        .map_err(Error::Internal)?;
+        })?;
         self.write_refined(task, &report).await?;
         Ok(())
     }
 
-    /// Adds embedded examples newer than the graph's newest node.
+    /// Adds embedded examples the graph lacks: first those above its newest node (the
+    /// common case, cheap), then, when the count of stored embeddings still differs from the
+    /// graph's, any others (rows that committed out of id order, from another process or
+    /// across a crash).
     async fn catch_up(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
-        let mut after = graph.max_example_id();
-        loop {
-            let rows =
-                examples::graph_rows_page(self.store.pool(), task.id, after, PAGE, true).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id;
+        self.catch_up_newer(task, graph).await?;
+        let stored =
+            examples::embedded_count(self.store.pool(), task.id, &graph.encoder_id).await?;
+        if stored as usize != graph.len() {
+            self.fill_gaps(task, graph).await?;
+        }
+        Ok(())
+    }
+
+    /// Walks the ids of the task's embedded examples and adds those the graph lacks.
+    async fn fill_gaps(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<usize> {
+        let pool = self.store.pool();
+        let encoder_id = graph.encoder_id.clone();
+        let mut missing = Vec::new();
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |id: &i64| *id,
+            |a| { examples::embedded_ids_page(pool, task.id, &encoder_id, a, PAGE * 5) }
+        ));
+        while let Some(ids) = pages.try_next().await? {
+            missing.extend(ids.into_iter().filter(|id| !graph.contains(*id)));
+        }
+        for ids in missing.chunks(PAGE as usize) {
+            let rows = examples::graph_rows_of(pool, ids).await?;
+            let inserts: Vec<Insert> = rows.iter().map(|r| to_insert(r, true)).collect();
+            let report = tokio::task::block_in_place(|| graph.apply(&inserts))?;
+            let version = self.write_refined(task, &report).await?;
+            self.redecide(task, &to_redecide(ids, &report), version, "catch-up")
+                .await?;
+        }
+        if !missing.is_empty() {
+            tracing::info!(task = %task.name, examples = missing.len(), "graph caught up with examples committed out of id order");
+        }
+        Ok(missing.len())
+    }
+
+    /// Adds embedded examples newer than the graph's newest node.
+    async fn catch_up_newer(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
+        let pool = self.store.pool();
+        let mut pages = std::pin::pin!(keyset_pages(
+            graph.max_example_id(),
+            |r: &GraphRow| r.id,
+            |a| { examples::graph_rows_page(pool, task.id, a, PAGE, true) }
+        ));
+        while let Some(rows) = pages.try_next().await? {
             let inserts: Vec<Insert> = rows
                 .iter()
                 .filter(|r| r.encoder_id.as_deref() == Some(graph.encoder_id.as_str()))
@@ -246,8 +317,7 @@ impl Service {
                 continue;
             }
             let ids: Vec<i64> = inserts.iter().map(|i| i.example_id).collect();
-            let report =
-                tokio::task::block_in_place(|| graph.apply(&inserts)).map_err(Error::Internal)?;
+            let report = tokio::task::block_in_place(|| graph.apply(&inserts))?;
             let version = self.write_refined(task, &report).await?;
             self.redecide(task, &to_redecide(&ids, &report), version, "catch-up")
                 .await?;
@@ -273,11 +343,14 @@ impl Service {
                 (c.example_id, json)
             })
             .collect();
-        let mut tx = self.store.begin_write().await?;
-        let version = crate::store::tasks::bump_graph_version(tx.conn(), task.id).await?;
-        examples::set_smoothed(tx.conn(), &updates).await?;
-        tx.commit().await?;
-        Ok(version)
+        super::retry::on_conflict("refined labels", || async {
+            let mut tx = self.store.begin_task_write(task.id).await?;
+            let version = crate::store::tasks::bump_graph_version(tx.conn(), task.id).await?;
+            examples::set_smoothed(tx.conn(), &updates).await?;
+            tx.commit().await?;
+            Ok(version)
+        })
+        .await
     }
 
     /// Points the graph at the active version's estimated class prior; the examples whose
@@ -312,8 +385,7 @@ impl Service {
             })
             .map(|r| to_insert(r, !graph.contains(r.id)))
             .collect();
-        let report =
-            tokio::task::block_in_place(|| graph.apply(&inserts)).map_err(Error::Internal)?;
+        let report = tokio::task::block_in_place(|| graph.apply(&inserts))?;
         let graph_version = self.write_refined(task, &report).await?;
         slot.updates_since_save += 1;
         if slot.updates_since_save >= 20 || slot.last_save.elapsed() > Duration::from_secs(60) {
@@ -351,16 +423,46 @@ impl Service {
             let Some(task) = self.task_by_id(task_id).await? else {
                 continue;
             };
-            let mut after = 0;
-            loop {
-                let ids = examples::dirty_ids(self.store.pool(), task.id, after, 500).await?;
-                let Some(&last) = ids.last() else { break };
-                after = last;
+            let pool = self.store.pool();
+            let mut pages = std::pin::pin!(keyset_pages(
+                0,
+                |id: &i64| *id,
+                |a| { examples::dirty_ids(pool, task.id, a, 500) }
+            ));
+            while let Some(ids) = pages.try_next().await? {
                 self.settle(&task, &ids, "recovery").await?;
                 total += ids.len();
             }
         }
         Ok(total)
+    }
+
+    /// Checks a task's graph against every stored embedding, adding any example it lacks.
+    pub async fn check_graph(&self, task_name: &str) -> Result<GraphCheck> {
+        let task = self.task(task_name).await?;
+        let mut slot = self.graph_guard(&task).await?;
+        let graph = slot
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("graph missing")))?;
+        let added = self.fill_gaps(&task, graph).await?;
+        let stored =
+            examples::embedded_count(self.store.pool(), task.id, &graph.encoder_id).await?;
+        let nodes = graph.len();
+        let encoder_id = graph.encoder_id.clone();
+        if added > 0 {
+            slot.updates_since_save += 1;
+        }
+        drop(slot);
+        let graph_version = crate::store::tasks::graph_version(self.store.pool(), task.id).await?;
+        Ok(GraphCheck {
+            nodes,
+            stored_embeddings: stored,
+            added,
+            encoder_id,
+            graph_version,
+            consistent: nodes as i64 == stored,
+        })
     }
 
     /// Drops a task's graph from memory and disk (task deleted or re-embedded).

@@ -3,23 +3,27 @@
 //! rejected batch writes nothing. After the commit the examples are settled (graph, refined
 //! labels, decisions); a crash in between leaves them dirty for the recovery sweep.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::validation::{check_weak_sources, parse_gold, parse_weak, Parsed, ParsedWeak};
 use super::{dist_json, Service, TaskCtx};
 use crate::error::{Error, Result};
 use crate::method::pik::PikSource;
 use crate::method::pipeline::{aggregate_with, NamedVote, PipelineFit};
-use crate::method::selection::DecisionSource;
-use crate::method::weak::{aggregate, argmax, one_hot, WeakVote};
+use crate::method::rule::DecisionSource;
+use crate::method::weak::{aggregate, argmax, WeakVote};
 use crate::store::examples;
+use crate::store::weak_labels;
 use crate::store::{f32s_to_bytes, now_ms};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestRequest {
+    /// 1 to `max_batch_examples` (default 1,000; see `/info`), ids distinct.
+    #[schema(min_items = 1, max_items = 1000)]
     pub examples: Vec<NewExample>,
 }
 
@@ -27,7 +31,11 @@ pub struct IngestRequest {
 #[serde(deny_unknown_fields)]
 pub struct NewExample {
     /// The caller's id, unique within the task. Re-sending an id does not duplicate it.
+    /// 1–256 characters, no control characters.
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f]+$")]
     pub id: String,
+    /// Not blank, no NUL, at most `max_text_chars` characters (default 20,000; see `/info`).
+    #[schema(min_length = 1, max_length = 20000, pattern = r"^[^\x00]*\S[^\x00]*$")]
     pub text: String,
     #[serde(default)]
     pub weak_labels: Vec<WeakLabelIn>,
@@ -41,12 +49,19 @@ pub struct NewExample {
 #[serde(deny_unknown_fields)]
 pub struct WeakLabelIn {
     /// Which labeler produced it (heuristic, model, annotator pool). One label per source and
-    /// example: a source that labels again replaces its earlier label.
+    /// example: a source that labels again replaces its earlier label. 1–128 characters,
+    /// not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+    )]
     pub source: String,
     pub label: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub scores: Option<ScoresIn>,
     /// In (0, 1]; weights this label in the example's weak aggregate. Default 1.
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub confidence: Option<f32>,
 }
 
@@ -106,225 +121,7 @@ pub struct IngestResponse {
 }
 
 /// A weak label checked against the task.
-#[derive(Debug, Clone)]
-pub struct ParsedWeak {
-    pub source: String,
-    pub label: Option<usize>,
-    pub scores: Vec<f32>,
-    pub confidence: f32,
-}
-
-struct Parsed<'a> {
-    id: &'a str,
-    text: &'a str,
-    weak: Vec<ParsedWeak>,
-    gold: Option<usize>,
-}
-
-const MAX_ID_CHARS: usize = 256;
-const MAX_SOURCE_CHARS: usize = 128;
-
-fn invalid(code: &'static str, msg: String) -> Error {
-    Error::invalid(code, msg)
-}
-
-pub fn parse_weak(task: &TaskCtx, w: &WeakLabelIn, at: &str) -> Result<ParsedWeak> {
-    let k = task.k();
-    if w.source.trim().is_empty() || w.source.chars().count() > MAX_SOURCE_CHARS {
-        return Err(invalid(
-            "invalid_source",
-            format!("{at}.source must have 1 to {MAX_SOURCE_CHARS} characters"),
-        ));
-    }
-    let confidence = w.confidence.unwrap_or(1.0);
-    if !(confidence > 0.0 && confidence <= 1.0) {
-        return Err(invalid(
-            "invalid_confidence",
-            format!("{at}.confidence must be in (0, 1], got {confidence}"),
-        ));
-    }
-    let (label, scores) = match (&w.label, &w.scores) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(invalid(
-                "invalid_weak_label",
-                format!("{at} needs exactly one of \"label\" or \"scores\""),
-            ))
-        }
-        (Some(name), None) => {
-            let l = task.label_index(name).ok_or_else(|| {
-                invalid(
-                    "label_not_in_task",
-                    format!(
-                        "{at}.label {name:?} is not a label of task {:?} (labels: {:?})",
-                        task.name, task.labels
-                    ),
-                )
-            })?;
-            (Some(l), one_hot(l, k))
-        }
-        (None, Some(scores)) => (None, parse_scores(task, scores, at)?),
-    };
-    Ok(ParsedWeak {
-        source: w.source.clone(),
-        label,
-        scores,
-        confidence,
-    })
-}
-
-fn parse_scores(task: &TaskCtx, scores: &ScoresIn, at: &str) -> Result<Vec<f32>> {
-    let k = task.k();
-    let values: Vec<f64> = match scores {
-        ScoresIn::List(list) => {
-            if list.len() != k {
-                return Err(invalid(
-                    "scores_label_mismatch",
-                    format!(
-                        "{at}.scores has {} values; task {:?} has {k} labels {:?}",
-                        list.len(),
-                        task.name,
-                        task.labels
-                    ),
-                ));
-            }
-            list.clone()
-        }
-        ScoresIn::Map(map) => {
-            let mut v = vec![0.0; k];
-            for (name, p) in map {
-                let l = task.label_index(name).ok_or_else(|| {
-                    invalid(
-                        "scores_label_mismatch",
-                        format!("{at}.scores names {name:?}, which is not a label of task {:?} (labels: {:?})", task.name, task.labels),
-                    )
-                })?;
-                v[l] = *p;
-            }
-            v
-        }
-    };
-    if values
-        .iter()
-        .any(|p| !p.is_finite() || *p < 0.0 || *p > 1.0)
-    {
-        return Err(invalid(
-            "invalid_scores",
-            format!("{at}.scores must be probabilities in [0, 1]"),
-        ));
-    }
-    let sum: f64 = values.iter().sum();
-    if (sum - 1.0).abs() > 1e-3 {
-        return Err(invalid(
-            "scores_not_normalized",
-            format!("{at}.scores sum to {sum}, not 1"),
-        ));
-    }
-    Ok(values.iter().map(|&p| (p / sum) as f32).collect())
-}
-
-fn parse_gold(task: &TaskCtx, label: &str, at: &str) -> Result<usize> {
-    task.label_index(label).ok_or_else(|| {
-        invalid(
-            "label_not_in_task",
-            format!(
-                "{at} {label:?} is not a label of task {:?} (labels: {:?})",
-                task.name, task.labels
-            ),
-        )
-    })
-}
-
-fn check_weak_sources(weak: &[ParsedWeak], at: &str) -> Result<()> {
-    let mut seen = HashSet::new();
-    for w in weak {
-        if !seen.insert(w.source.as_str()) {
-            return Err(invalid(
-                "duplicate_weak_source",
-                format!(
-                    "{at} has two labels from source {:?}; a source gives one label per example",
-                    w.source
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl Service {
-    fn validate_batch<'a>(
-        &self,
-        task: &TaskCtx,
-        req: &'a IngestRequest,
-    ) -> Result<Vec<Parsed<'a>>> {
-        if req.examples.is_empty() {
-            return Err(invalid("empty_batch", "examples is empty".into()));
-        }
-        if req.examples.len() > self.limits.max_batch_examples {
-            return Err(Error::TooLarge(format!(
-                "a batch holds at most {} examples, got {}",
-                self.limits.max_batch_examples,
-                req.examples.len()
-            )));
-        }
-        let mut seen = HashSet::new();
-        let mut parsed = Vec::with_capacity(req.examples.len());
-        for (i, ex) in req.examples.iter().enumerate() {
-            let at = format!("examples[{i}]");
-            if ex.id.is_empty()
-                || ex.id.chars().count() > MAX_ID_CHARS
-                || ex.id.chars().any(char::is_control)
-            {
-                return Err(invalid(
-                    "invalid_id",
-                    format!("{at}.id must have 1 to {MAX_ID_CHARS} characters and no control characters"),
-                ));
-            }
-            if !seen.insert(ex.id.as_str()) {
-                return Err(invalid(
-                    "duplicate_id",
-                    format!("{at}.id {:?} appears twice in the batch", ex.id),
-                ));
-            }
-            self.check_text(&ex.text, &format!("{at}.text"))?;
-            let weak = ex
-                .weak_labels
-                .iter()
-                .enumerate()
-                .map(|(j, w)| parse_weak(task, w, &format!("{at}.weak_labels[{j}]")))
-                .collect::<Result<Vec<_>>>()?;
-            check_weak_sources(&weak, &at)?;
-            let gold = ex
-                .gold_label
-                .as_deref()
-                .map(|g| parse_gold(task, g, &format!("{at}.gold_label")))
-                .transpose()?;
-            parsed.push(Parsed {
-                id: &ex.id,
-                text: &ex.text,
-                weak,
-                gold,
-            });
-        }
-        Ok(parsed)
-    }
-
-    pub fn check_text(&self, text: &str, at: &str) -> Result<()> {
-        if text.trim().is_empty() {
-            return Err(invalid("empty_text", format!("{at} is empty")));
-        }
-        let chars = text.chars().count();
-        if chars > self.limits.max_text_chars {
-            return Err(invalid(
-                "text_too_long",
-                format!(
-                    "{at} has {chars} characters; the limit is {}",
-                    self.limits.max_text_chars
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     pub async fn ingest(&self, task_name: &str, req: IngestRequest) -> Result<IngestResponse> {
         let task = self.task(task_name).await?;
         let parsed = self.validate_batch(&task, &req)?;
@@ -374,56 +171,18 @@ impl Service {
 
         let version = self.active_version(&task).await?;
         let pipeline = version.as_ref().and_then(|v| v.pipeline.as_ref());
-        let now = now_ms();
-        let mut tx = self.store.begin_write().await?;
-        let mut ids = Vec::with_capacity(parsed.len());
-        let mut created = Vec::with_capacity(parsed.len());
-        for (i, p) in parsed.iter().enumerate() {
-            let (id, is_new) = match existing.get(p.id) {
-                Some((id, _)) => (*id, false),
-                None => {
-                    let inserted = examples::insert(
-                        tx.conn(),
-                        task.id,
-                        p.id,
-                        p.text,
-                        embedding_of.get(&i).map(|v| v.as_slice()),
-                        Some(&encoder_id),
-                        now,
-                    )
-                    .await?;
-                    match inserted {
-                        Some(id) => (id, true),
-                        // Another request inserted it after our lookup.
-                        None => {
-                            let row = examples::by_external_id(tx.conn(), task.id, p.id)
-                                .await?
-                                .ok_or_else(|| {
-                                    Error::conflict(
-                                        "concurrent_write",
-                                        "example was deleted concurrently; retry",
-                                    )
-                                })?;
-                            if row.text != p.text {
-                                return Err(Error::Conflict {
-                                    code: "example_text_conflict",
-                                    message: "an example with this id and another text was written concurrently".into(),
-                                    details: Some(serde_json::json!({ "ids": [p.id] })),
-                                });
-                            }
-                            (row.id, false)
-                        }
-                    }
-                }
-            };
-            self.write_labels(&mut tx, &task, pipeline, id, &p.weak, p.gold, now)
-                .await?;
-            ids.push(id);
-            created.push(is_new);
-        }
+        let (ids, created) = super::retry::on_conflict("ingest", || {
+            self.write_batch(
+                &task,
+                &parsed,
+                &existing,
+                &embedding_of,
+                &encoder_id,
+                pipeline,
+            )
+        })
+        .await?;
         let n_new = created.iter().filter(|c| **c).count() as i64;
-        crate::store::tasks::add_new_examples(tx.conn(), task.id, n_new).await?;
-        tx.commit().await?;
         metrics::counter!("sw2s_examples_ingested_total").increment(n_new as u64);
 
         let report = self.settle(&task, &ids, "ingest").await?;
@@ -452,6 +211,73 @@ impl Service {
         })
     }
 
+    /// Writes a validated batch in one transaction under the task's write lock, rows in
+    /// id order; returns each example's row id and whether it was created, in request order.
+    async fn write_batch(
+        &self,
+        task: &TaskCtx,
+        parsed: &[Parsed<'_>],
+        existing: &HashMap<String, (i64, String)>,
+        embedding_of: &HashMap<usize, Vec<u8>>,
+        encoder_id: &str,
+        pipeline: Option<&PipelineFit>,
+    ) -> Result<(Vec<i64>, Vec<bool>)> {
+        let now = now_ms();
+        let mut order: Vec<usize> = (0..parsed.len()).collect();
+        order.sort_by_key(|&i| parsed[i].id);
+        let mut tx = self.store.begin_task_write(task.id).await?;
+        let mut ids = vec![0; parsed.len()];
+        let mut created = vec![false; parsed.len()];
+        for i in order {
+            let p = &parsed[i];
+            let (id, is_new) = match existing.get(p.id) {
+                Some((id, _)) => (*id, false),
+                None => {
+                    let inserted = examples::insert(
+                        tx.conn(),
+                        task.id,
+                        p.id,
+                        p.text,
+                        embedding_of.get(&i).map(|v| v.as_slice()),
+                        Some(encoder_id),
+                        now,
+                    )
+                    .await?;
+                    match inserted {
+                        Some(id) => (id, true),
+                        // Another request inserted it after our lookup.
+                        None => {
+                            let row = examples::by_external_id(tx.conn(), task.id, p.id)
+                                .await?
+                                .ok_or_else(|| {
+                                    Error::conflict(
+                                        "concurrent_write",
+                                        "example was deleted concurrently; retry",
+                                    )
+                                })?;
+                            if row.text != p.text {
+                                return Err(Error::Conflict {
+                                    code: "example_text_conflict",
+                                    message: "an example with this id and another text was written concurrently".into(),
+                                    details: Some(serde_json::json!({ "ids": [p.id] })),
+                                });
+                            }
+                            (row.id, false)
+                        }
+                    }
+                }
+            };
+            self.write_labels(&mut tx, task, pipeline, id, &p.weak, p.gold, now)
+                .await?;
+            ids[i] = id;
+            created[i] = is_new;
+        }
+        let n_new = created.iter().filter(|c| **c).count() as i64;
+        crate::store::tasks::add_new_examples(tx.conn(), task.id, n_new).await?;
+        tx.commit().await?;
+        Ok((ids, created))
+    }
+
     /// Upserts weak labels (recomputing the weak aggregate with the task's source model) and
     /// sets the gold label.
     #[allow(clippy::too_many_arguments)]
@@ -467,17 +293,17 @@ impl Service {
     ) -> Result<()> {
         for w in weak {
             let scores = dist_json(&w.scores);
-            let row = examples::NewWeakLabel {
+            let row = weak_labels::NewWeakLabel {
                 source: &w.source,
                 label: w.label.map(|l| l as i64),
                 vote: argmax(&w.scores).map_or(-1, |l| l as i64),
                 scores: &scores,
                 confidence: w.confidence as f64,
             };
-            examples::upsert_weak_label(tx.conn(), example_id, &row, now).await?;
+            weak_labels::upsert_weak_label(tx.conn(), example_id, &row, now).await?;
         }
         if !weak.is_empty() {
-            let all = examples::weak_labels(tx.conn(), &[example_id]).await?;
+            let all = weak_labels::weak_labels(tx.conn(), &[example_id]).await?;
             let agg = aggregate_of(pipeline, &all, task.k()).map(|a| dist_json(&a));
             examples::set_weak_aggregate(tx.conn(), example_id, agg.as_deref(), now).await?;
         }
@@ -507,7 +333,7 @@ impl Service {
     ) -> Result<TaskCtx> {
         let task = self.task(task_name).await?;
         if req.weak_labels.is_empty() {
-            return Err(invalid("empty_batch", "weak_labels is empty".into()));
+            return Err(Error::invalid("empty_batch", "weak_labels is empty"));
         }
         let weak = req
             .weak_labels
@@ -519,10 +345,13 @@ impl Service {
         let id = self.example_id(&task, external_id).await?;
         let version = self.active_version(&task).await?;
         let pipeline = version.as_ref().and_then(|v| v.pipeline.as_ref());
-        let mut tx = self.store.begin_write().await?;
-        self.write_labels(&mut tx, &task, pipeline, id, &weak, None, now_ms())
-            .await?;
-        tx.commit().await?;
+        super::retry::on_conflict("weak labels", || async {
+            let mut tx = self.store.begin_task_write(task.id).await?;
+            self.write_labels(&mut tx, &task, pipeline, id, &weak, None, now_ms())
+                .await?;
+            Ok(tx.commit().await?)
+        })
+        .await?;
         self.settle(&task, &[id], "weak label").await?;
         Ok(task)
     }
@@ -536,10 +365,13 @@ impl Service {
         let task = self.task(task_name).await?;
         let gold = parse_gold(&task, &req.label, "label")?;
         let id = self.example_id(&task, external_id).await?;
-        let mut tx = self.store.begin_write().await?;
-        self.write_labels(&mut tx, &task, None, id, &[], Some(gold), now_ms())
-            .await?;
-        tx.commit().await?;
+        super::retry::on_conflict("gold label", || async {
+            let mut tx = self.store.begin_task_write(task.id).await?;
+            self.write_labels(&mut tx, &task, None, id, &[], Some(gold), now_ms())
+                .await?;
+            Ok(tx.commit().await?)
+        })
+        .await?;
         self.settle(&task, &[id], "gold label").await?;
         Ok(task)
     }
@@ -549,7 +381,7 @@ impl Service {
 /// confidence-weighted mean without one.
 pub fn aggregate_of(
     pipeline: Option<&PipelineFit>,
-    rows: &[examples::WeakLabelRow],
+    rows: &[weak_labels::WeakLabelRow],
     k: usize,
 ) -> Option<Vec<f32>> {
     let votes: Vec<NamedVote> = rows

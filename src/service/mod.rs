@@ -3,18 +3,22 @@
 
 pub mod aggregates;
 pub mod decide;
-pub mod decisions;
 pub mod examples;
+pub mod export;
 pub mod graphs;
 pub mod ingest;
 pub mod jobs;
-pub mod models;
+pub mod label_studio;
+pub mod model_versions;
 pub mod predict;
 pub mod report;
+pub mod retry;
+pub mod review;
 pub mod settings;
 pub mod sources;
 pub mod tasks;
-pub mod versions;
+pub mod validation;
+pub mod version_cache;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,9 +27,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
-use crate::config::Overlong;
 use crate::error::{Error, Result};
 use crate::model::bert::Bert;
+use crate::model::Overlong;
 use crate::model::{BatchConfig, Encoded, Encoder, ModelInfo, ModelWorker, TextTokenizer};
 use crate::store::tasks::TaskRow;
 use crate::store::Store;
@@ -111,7 +115,7 @@ pub struct Service {
     /// Identifies this process's jobs (stable across restarts of the same data dir).
     pub instance_id: String,
     graphs: graphs::Registry,
-    versions: Mutex<HashMap<i64, Arc<versions::LoadedVersion>>>,
+    versions: Mutex<HashMap<i64, Arc<version_cache::LoadedVersion>>>,
     ready: AtomicBool,
 }
 
@@ -240,7 +244,7 @@ fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
-    crate::model::manifest::write_atomic(&path, id.as_bytes())?;
+    crate::fsio::write_atomic(&path, id.as_bytes())?;
     Ok(id)
 }
 

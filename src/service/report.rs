@@ -11,9 +11,10 @@ use super::decide::Decider;
 use super::Service;
 use crate::error::Result;
 use crate::method::confidence::{CalibrationReport, PrecisionThreshold};
+use crate::method::pik::PikReport;
+use crate::method::policy::Selection;
 use crate::method::prior::PriorEstimate;
 use crate::method::safeguard::{self, Stage, StageMode, StageReport};
-use crate::method::selective::{PikReport, Selection};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SideCalibration {

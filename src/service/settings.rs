@@ -5,18 +5,43 @@ use utoipa::ToSchema;
 
 use crate::graph::{ClassBalance, GraphSettings};
 use crate::method::pik::PikFeatures;
+use crate::method::policy::Selection;
 use crate::method::safeguard::StageMode;
-use crate::method::selective::Selection;
 use crate::method::training::TrainConfig;
 
 /// τ: a fixed threshold, or `"fit"` to choose it on gold labels at each training job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Tau {
     Fixed(f32),
     /// The string `"fit"`.
     Named(String),
 }
+
+/// Declared as what it is on the wire: a number in [0, 1] or the string "fit".
+impl utoipa::PartialSchema for Tau {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(0.0))
+                    .maximum(Some(1.0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["fit"])),
+            )
+            .description(Some(
+                "a fixed threshold in [0, 1], or \"fit\" to choose it on gold labels at each job",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Tau {}
 
 impl Tau {
     pub fn fixed(&self) -> Option<f32> {
@@ -103,8 +128,7 @@ pub struct TaskSettings {
     /// Weight of an example's own weak label in its refined label against its neighbours'
     /// (1: plain label spreading, 0: neighbours only).
     pub self_weight: f32,
-    /// Selection threshold on P(IK): a number, or "fit".
-    #[schema(value_type = Object)]
+    /// Selection threshold on P(IK): a number in [0, 1], or "fit".
     pub tau: Tau,
     /// Gold labels needed to train the P(IK) head and the weak-side trust model; below it
     /// the fallbacks (MSP, the refined label's own probability) are used.
@@ -116,6 +140,9 @@ pub struct TaskSettings {
     pub job_mode: JobMode,
     /// Start a job after this many new examples (none: off).
     pub job_every_new_examples: Option<u64>,
+    /// Start a job after this many new gold labels since the last job (none: off), e.g.
+    /// retraining every N annotations from Label Studio.
+    pub job_every_new_gold: Option<u64>,
     /// Start a job this many seconds after the last one (none: off).
     pub job_every_secs: Option<u64>,
     /// Head training.
@@ -172,6 +199,7 @@ impl Default for TaskSettings {
             train_on: TrainOn::Decided,
             job_mode: JobMode::Head,
             job_every_new_examples: None,
+            job_every_new_gold: None,
             job_every_secs: None,
             train: TrainConfig::default(),
             finetune: FinetuneConfig::default(),
@@ -220,9 +248,13 @@ impl TaskSettings {
         if self.pik_min_gold < 10 {
             return Err("pik_min_gold must be at least 10".into());
         }
-        if self.job_every_new_examples == Some(0) || self.job_every_secs == Some(0) {
+        if self.job_every_new_examples == Some(0)
+            || self.job_every_new_gold == Some(0)
+            || self.job_every_secs == Some(0)
+        {
             return Err(
-                "job_every_new_examples and job_every_secs must be positive (or null)".into(),
+                "job_every_new_examples, job_every_new_gold and job_every_secs must be positive (or null)"
+                    .into(),
             );
         }
         self.train.validate()?;

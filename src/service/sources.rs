@@ -12,7 +12,7 @@ use super::{Service, TaskCtx};
 use crate::error::Result;
 use crate::method::label_model::LabelModelKind;
 use crate::method::safeguard::StageReport;
-use crate::store::examples;
+use crate::store::weak_labels;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SourceView {
@@ -59,14 +59,14 @@ impl Service {
         let task = self.task(task_name).await?;
         let pool = self.store.pool();
         let total = crate::store::tasks::counts(pool, task.id).await?.examples;
-        let counts = examples::source_counts(pool, task.id).await?;
-        let overlaps: HashMap<String, (i64, i64)> = examples::source_overlaps(pool, task.id)
+        let counts = weak_labels::source_counts(pool, task.id).await?;
+        let overlaps: HashMap<String, (i64, i64)> = weak_labels::source_overlaps(pool, task.id)
             .await?
             .into_iter()
             .map(|r| (r.source, (r.overlaps, r.conflicts)))
             .collect();
         let mut polarity: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
-        for r in examples::source_polarity(pool, task.id).await? {
+        for r in weak_labels::source_polarity(pool, task.id).await? {
             if let Some(name) = task.name_of(r.vote) {
                 polarity.entry(r.source).or_default().insert(name, r.votes);
             }

@@ -1,6 +1,6 @@
 //! Tasks: create, read, change settings, delete.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,9 +12,16 @@ use crate::store::{is_unique_violation, now_ms, tasks};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
-    /// 1–64 characters: letters, digits, `-`, `_`, `.`.
+    /// 1–64 characters: ASCII letters, digits, `-`, `_`, `.`, starting with a letter or digit.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
-    /// The label set, 2–1000 distinct names, in a fixed order.
+    /// The label set, 2–1000 distinct names (each 1–200 characters, not blank, no control
+    /// characters), in a fixed order.
+    #[schema(min_items = 2, max_items = 1000)]
     pub labels: Vec<String>,
     /// Any subset of the settings; the rest take their defaults.
     #[schema(value_type = Option<Object>)]
@@ -49,46 +56,6 @@ pub struct TaskView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskView>,
-}
-
-fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        return Err(Error::invalid(
-            "invalid_task_name",
-            "name must have 1 to 64 characters from letters, digits, '-', '_' and '.'",
-        ));
-    }
-    Ok(())
-}
-
-fn validate_labels(labels: &[String]) -> Result<()> {
-    if labels.len() < 2 || labels.len() > 1000 {
-        return Err(Error::invalid(
-            "invalid_labels",
-            "a task needs 2 to 1000 labels",
-        ));
-    }
-    let mut seen = HashSet::new();
-    for l in labels {
-        if l.trim().is_empty() || l.chars().count() > 200 {
-            return Err(Error::invalid(
-                "invalid_labels",
-                "labels must be non-empty and at most 200 characters",
-            ));
-        }
-        if !seen.insert(l.as_str()) {
-            return Err(Error::invalid(
-                "invalid_labels",
-                format!("label {l:?} appears twice"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Applies a partial settings object over `base`; unknown or out-of-range fields are 422.
@@ -129,8 +96,8 @@ fn merge_json(target: &mut serde_json::Value, patch: &serde_json::Map<String, se
 
 impl Service {
     pub async fn create_task(&self, req: CreateTask) -> Result<TaskView> {
-        validate_name(&req.name)?;
-        validate_labels(&req.labels)?;
+        super::validation::task_name(&req.name)?;
+        super::validation::labels(&req.labels)?;
         let settings = merge_settings(&TaskSettings::default(), req.settings.as_ref())?;
         let labels = serde_json::to_string(&req.labels).map_err(|e| Error::Internal(e.into()))?;
         let settings_json =
@@ -211,7 +178,7 @@ impl Service {
 
     pub async fn delete_task(&self, name: &str) -> Result<()> {
         let task = self.task(name).await?;
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.store.begin_task_write(task.id).await?;
         tasks::delete(tx.conn(), task.id).await?;
         tx.commit().await?;
         self.forget_graph(task.id, true);
@@ -230,14 +197,27 @@ mod tests {
 
     #[test]
     fn names_and_labels_are_checked() {
-        assert!(validate_name("sst2-v1.0_b").is_ok());
-        for bad in ["", "has space", "ü", &"x".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
+        assert!(crate::service::validation::task_name("sst2-v1.0_b").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "has space",
+            "ü",
+            &"x".repeat(65),
+        ] {
+            assert!(
+                crate::service::validation::task_name(bad).is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(validate_labels(&["a".into(), "b".into()]).is_ok());
-        assert!(validate_labels(&["a".into()]).is_err());
-        assert!(validate_labels(&["a".into(), "a".into()]).is_err());
-        assert!(validate_labels(&["a".into(), " ".into()]).is_err());
+        assert!(crate::service::validation::labels(&["a".into(), "b".into()]).is_ok());
+        assert!(crate::service::validation::labels(&["a".into()]).is_err());
+        assert!(crate::service::validation::labels(&["a".into(), "a".into()]).is_err());
+        assert!(crate::service::validation::labels(&["a".into(), " ".into()]).is_err());
+        assert!(crate::service::validation::labels(&["a".into(), "b\u{7}".into()]).is_err());
     }
 
     #[test]

@@ -24,22 +24,24 @@ pub struct NewDecision<'a> {
 }
 
 pub async fn insert(conn: &mut AnyConnection, d: &NewDecision<'_>) -> Result<i64, sqlx::Error> {
-    let (p_ik, has_p_ik) = super::nullable_f64(d.p_ik);
-    let (tau, has_tau) = super::nullable_f64(d.tau);
-    let (confidence, has_confidence) = super::nullable_f64(d.confidence);
+    let (has_p_ik, p_ik) = super::nullable_f64(d.p_ik);
+    let (has_tau, tau) = super::nullable_f64(d.tau);
+    let (has_confidence, confidence) = super::nullable_f64(d.confidence);
     sqlx::query_scalar(
         "INSERT INTO decisions (task_id, example_id, label, source, p_ik, p_ik_source, tau, probs, \
                                 weak, refined, model_version_id, graph_version, reason, created_at, \
                                 confidence) \
-         VALUES ($1, $2, $3, $4, CASE WHEN $15 = 1 THEN $5 END, $6, CASE WHEN $16 = 1 THEN $7 END, \
-                 $8, $9, $10, $11, $12, $13, $14, CASE WHEN $17 = 1 THEN $18 END) RETURNING id",
+         VALUES ($1, $2, $3, $4, CASE WHEN $5 = 1 THEN $6 END, $7, CASE WHEN $8 = 1 THEN $9 END, \
+                 $10, $11, $12, $13, $14, $15, $16, CASE WHEN $17 = 1 THEN $18 END) RETURNING id",
     )
     .bind(d.task_id)
     .bind(d.example_id)
     .bind(d.label)
     .bind(d.source)
+    .bind(has_p_ik)
     .bind(p_ik)
     .bind(d.p_ik_source)
+    .bind(has_tau)
     .bind(tau)
     .bind(d.probs)
     .bind(d.weak)
@@ -48,8 +50,6 @@ pub async fn insert(conn: &mut AnyConnection, d: &NewDecision<'_>) -> Result<i64
     .bind(d.graph_version)
     .bind(d.reason)
     .bind(d.created_at)
-    .bind(has_p_ik)
-    .bind(has_tau)
     .bind(has_confidence)
     .bind(confidence)
     .fetch_one(conn)

@@ -1,5 +1,6 @@
-//! Examples, their weak labels, gold labels, embeddings and the denormalised current state
-//! (refined label, latest scores, current decision) that the API and the review queue read.
+//! Examples, their gold labels, embeddings, weak aggregates and the denormalised current state
+//! (smoothed and refined labels, latest scores, current decision and its confidence) that the
+//! API and the review queue read. Weak labels themselves are in `weak_labels`.
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Executor, FromRow};
@@ -8,7 +9,7 @@ use super::placeholders;
 
 /// `{select} IN (ids…) {order}`, where `select` ends with the id column the list is for
 /// (`SELECT … FROM … WHERE id`).
-async fn rows_by_ids<'c, E, T>(
+pub(super) async fn rows_by_ids<'c, E, T>(
     ex: E,
     select: &str,
     ids: &[i64],
@@ -70,156 +71,6 @@ pub const COLUMNS: &str = "id, task_id, external_id, text, gold_label, gold_at, 
      dirty, created_at, updated_at";
 
 #[derive(Debug, Clone, FromRow)]
-pub struct WeakLabelRow {
-    pub example_id: i64,
-    pub source: String,
-    pub label: Option<i64>,
-    pub scores: String,
-    pub confidence: f64,
-    pub updated_at: i64,
-}
-
-/// The weak labels of a task's examples with ids in (`after_id`, `up_to`], in example order.
-pub async fn weak_labels_between<'c, E: Executor<'c, Database = Any>>(
-    ex: E,
-    task_id: i64,
-    after_id: i64,
-    up_to: i64,
-) -> Result<Vec<WeakLabelRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT w.example_id, w.source, w.label, w.scores, w.confidence, w.updated_at FROM weak_labels w \
-         JOIN examples e ON e.id = w.example_id \
-         WHERE e.task_id = $1 AND w.example_id > $2 AND w.example_id <= $3 \
-         ORDER BY w.example_id, w.source",
-    )
-    .bind(task_id)
-    .bind(after_id)
-    .bind(up_to)
-    .fetch_all(ex)
-    .await
-}
-
-/// The stored weak aggregates of a page of examples (all of them, embedded or not).
-pub async fn weak_page<'c, E: Executor<'c, Database = Any>>(
-    ex: E,
-    task_id: i64,
-    after_id: i64,
-    limit: i64,
-) -> Result<Vec<(i64, Option<String>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, weak FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-    )
-    .bind(task_id)
-    .bind(after_id)
-    .bind(limit)
-    .fetch_all(ex)
-    .await
-}
-
-/// Per source: its votes, how many fell on gold examples and how many of those were right.
-#[derive(Debug, Clone, FromRow)]
-pub struct SourceCountRow {
-    pub source: String,
-    pub votes: i64,
-    pub gold_votes: i64,
-    pub gold_right: i64,
-}
-
-pub async fn source_counts<'c, E: Executor<'c, Database = Any>>(
-    ex: E,
-    task_id: i64,
-) -> Result<Vec<SourceCountRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT w.source, COUNT(*) AS votes, \
-            COUNT(e.gold_label) AS gold_votes, \
-            COUNT(CASE WHEN e.gold_label = w.vote THEN 1 END) AS gold_right \
-         FROM weak_labels w JOIN examples e ON e.id = w.example_id \
-         WHERE e.task_id = $1 GROUP BY w.source ORDER BY w.source",
-    )
-    .bind(task_id)
-    .fetch_all(ex)
-    .await
-}
-
-/// Per source: examples it labelled where another source labelled too, and where another
-/// source's label differs.
-#[derive(Debug, Clone, FromRow)]
-pub struct SourceOverlapRow {
-    pub source: String,
-    pub overlaps: i64,
-    pub conflicts: i64,
-}
-
-pub async fn source_overlaps<'c, E: Executor<'c, Database = Any>>(
-    ex: E,
-    task_id: i64,
-) -> Result<Vec<SourceOverlapRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT w.source, COUNT(DISTINCT w.example_id) AS overlaps, \
-            COUNT(DISTINCT CASE WHEN o.vote <> w.vote THEN w.example_id END) AS conflicts \
-         FROM weak_labels w JOIN examples e ON e.id = w.example_id \
-         JOIN weak_labels o ON o.example_id = w.example_id AND o.source <> w.source \
-         WHERE e.task_id = $1 GROUP BY w.source ORDER BY w.source",
-    )
-    .bind(task_id)
-    .fetch_all(ex)
-    .await
-}
-
-/// Per source and label: how often the source voted for it.
-#[derive(Debug, Clone, FromRow)]
-pub struct SourcePolarityRow {
-    pub source: String,
-    pub vote: Option<i64>,
-    pub votes: i64,
-}
-
-pub async fn source_polarity<'c, E: Executor<'c, Database = Any>>(
-    ex: E,
-    task_id: i64,
-) -> Result<Vec<SourcePolarityRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT w.source, w.vote, COUNT(*) AS votes FROM weak_labels w \
-         JOIN examples e ON e.id = w.example_id \
-         WHERE e.task_id = $1 GROUP BY w.source, w.vote ORDER BY w.source, w.vote",
-    )
-    .bind(task_id)
-    .fetch_all(ex)
-    .await
-}
-
-/// Weak labels stored before the `vote` column (soft ones) get their argmax, a page at a
-/// time; returns how many were filled.
-pub async fn backfill_votes(pool: &sqlx::AnyPool) -> Result<u64, sqlx::Error> {
-    let mut filled = 0;
-    loop {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, scores FROM weak_labels WHERE vote IS NULL ORDER BY id LIMIT 1000",
-        )
-        .fetch_all(pool)
-        .await?;
-        if rows.is_empty() {
-            return Ok(filled);
-        }
-        let mut tx = pool.begin().await?;
-        for (id, scores) in &rows {
-            let vote = serde_json::from_str::<Vec<f32>>(scores)
-                .ok()
-                .and_then(|s| crate::method::weak::argmax(&s))
-                .map(|l| l as i64)
-                .unwrap_or(-1);
-            sqlx::query("UPDATE weak_labels SET vote = $1 WHERE id = $2")
-                .bind(vote)
-                .bind(*id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        filled += rows.len() as u64;
-    }
-}
-
-#[derive(Debug, Clone, FromRow)]
 pub struct ExistingRow {
     pub id: i64,
     pub external_id: String,
@@ -237,6 +88,26 @@ pub async fn find_existing<'c, E: Executor<'c, Database = Any>>(
     }
     let sql = format!(
         "SELECT id, external_id, text FROM examples WHERE task_id = $1 AND external_id IN ({})",
+        placeholders(2, external_ids.len())
+    );
+    let mut q = sqlx::query_as(&sql).bind(task_id);
+    for id in external_ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(ex).await
+}
+
+/// Full rows of the task's examples with these external ids (any order).
+pub async fn by_external_ids<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    external_ids: &[&str],
+) -> Result<Vec<ExampleRow>, sqlx::Error> {
+    if external_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM examples WHERE task_id = $1 AND external_id IN ({})",
         placeholders(2, external_ids.len())
     );
     let mut q = sqlx::query_as(&sql).bind(task_id);
@@ -271,55 +142,20 @@ pub async fn insert(
     .await
 }
 
-/// A weak label as stored.
-pub struct NewWeakLabel<'a> {
-    pub source: &'a str,
-    /// The hard label, when the source gave one.
-    pub label: Option<i64>,
-    /// The label it favours (its argmax; −1 for none).
-    pub vote: i64,
-    /// JSON array over the task's labels.
-    pub scores: &'a str,
-    pub confidence: f64,
-}
-
-/// One label per (example, source): a source that labels again replaces its earlier label,
-/// so re-sending a batch is idempotent.
-pub async fn upsert_weak_label(
-    conn: &mut AnyConnection,
-    example_id: i64,
-    w: &NewWeakLabel<'_>,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO weak_labels (example_id, source, label, vote, scores, confidence, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-         ON CONFLICT (example_id, source) DO UPDATE SET \
-            label = excluded.label, vote = excluded.vote, scores = excluded.scores, \
-            confidence = excluded.confidence, updated_at = excluded.updated_at",
-    )
-    .bind(example_id)
-    .bind(w.source)
-    .bind(w.label)
-    .bind(w.vote)
-    .bind(w.scores)
-    .bind(w.confidence)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub async fn weak_labels<'c, E: Executor<'c, Database = Any>>(
+/// The stored weak aggregates of a page of examples (all of them, embedded or not).
+pub async fn weak_page<'c, E: Executor<'c, Database = Any>>(
     ex: E,
-    example_ids: &[i64],
-) -> Result<Vec<WeakLabelRow>, sqlx::Error> {
-    rows_by_ids(
-        ex,
-        "SELECT example_id, source, label, scores, confidence, updated_at FROM weak_labels WHERE example_id",
-        example_ids,
-        "ORDER BY example_id, source",
+    task_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, weak FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
+    .bind(task_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(ex)
     .await
 }
 
@@ -354,6 +190,33 @@ pub async fn set_gold(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Withdraws the gold label (an annotation deleted in an annotation tool).
+pub async fn clear_gold(conn: &mut AnyConnection, id: i64, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE examples SET gold_label = NULL, gold_at = NULL, dirty = 1, updated_at = $1 WHERE id = $2",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Gold labels set after `since` (Unix ms): the "job after N new gold labels" trigger.
+pub async fn gold_since(
+    pool: &sqlx::AnyPool,
+    task_id: i64,
+    since: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM examples WHERE task_id = $1 AND gold_label IS NOT NULL AND gold_at > $2",
+    )
+    .bind(task_id)
+    .bind(since)
+    .fetch_one(pool)
+    .await
 }
 
 pub async fn by_external_id<'c, E: Executor<'c, Database = Any>>(
@@ -490,8 +353,8 @@ pub async fn set_current(
     scores: &Scores<'_>,
     decision: Option<(i64, Option<i64>, &str)>,
 ) -> Result<(), sqlx::Error> {
-    let (p_ik, has_p_ik) = super::nullable_f64(scores.p_ik);
-    let (confidence, has_confidence) = super::nullable_f64(scores.confidence);
+    let (has_p_ik, p_ik) = super::nullable_f64(scores.p_ik);
+    let (has_confidence, confidence) = super::nullable_f64(scores.confidence);
     let (has_decision, (decision_id, label, source)) = match decision {
         Some(d) => (1i64, d),
         None => (0, (0, None, "")),
@@ -640,6 +503,42 @@ pub async fn graph_rows_page<'c, E: Executor<'c, Database = Any>>(
     .bind(after_id)
     .bind(limit)
     .fetch_all(ex)
+    .await
+}
+
+/// How many examples of the task carry an embedding from `encoder_id`: what its graph
+/// should hold.
+pub async fn embedded_count(
+    pool: &sqlx::AnyPool,
+    task_id: i64,
+    encoder_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM examples WHERE task_id = $1 AND encoder_id = $2 AND embedding IS NOT NULL",
+    )
+    .bind(task_id)
+    .bind(encoder_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// A page of the ids of the task's examples embedded by `encoder_id`, in id order.
+pub async fn embedded_ids_page(
+    pool: &sqlx::AnyPool,
+    task_id: i64,
+    encoder_id: &str,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM examples WHERE task_id = $1 AND encoder_id = $2 AND embedding IS NOT NULL \
+         AND id > $3 ORDER BY id LIMIT $4",
+    )
+    .bind(task_id)
+    .bind(encoder_id)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
     .await
 }
 

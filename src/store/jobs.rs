@@ -99,6 +99,13 @@ pub async fn last_finished_at(pool: &AnyPool, task_id: i64) -> Result<Option<i64
         .await
 }
 
+pub async fn last_created_at(pool: &AnyPool, task_id: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT MAX(created_at) FROM jobs WHERE task_id = $1")
+        .bind(task_id)
+        .fetch_one(pool)
+        .await
+}
+
 /// Claims the oldest queued job for `owner`. Two processes racing get different jobs or none:
 /// the `state = 'queued'` condition is re-checked on the row the UPDATE locks.
 pub async fn claim_next(

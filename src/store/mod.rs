@@ -7,8 +7,10 @@
 pub mod decisions;
 pub mod examples;
 pub mod jobs;
+pub mod label_studio;
 pub mod models;
 pub mod tasks;
+pub mod weak_labels;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -60,6 +62,24 @@ impl WriteTx {
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
+    }
+}
+
+/// The advisory-lock key space of per-task write locks ("sw2s" in the high bytes), so other
+/// users of advisory locks on the same database do not collide with ours.
+const TASK_LOCK_SPACE: i64 = 0x7377_3273 << 32;
+
+/// Whether a database error is a conflict between concurrent writers (deadlock,
+/// serialisation failure, lock timeout, SQLite busy) that the same work can retry.
+pub fn is_write_conflict(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    match db.code().as_deref() {
+        Some("40P01" | "40001" | "55P03") => true,
+        // SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
+        Some(code) => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+        None => false,
     }
 }
 
@@ -126,7 +146,7 @@ impl Store {
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
         };
         store.migrate().await?;
-        let filled = examples::backfill_votes(&store.pool)
+        let filled = weak_labels::backfill_votes(&store.pool)
             .await
             .context("filling the vote column of older weak labels")?;
         if filled > 0 {
@@ -168,6 +188,21 @@ impl Store {
         Ok(WriteTx { tx, _guard: guard })
     }
 
+    /// A write transaction over one task's examples. On PostgreSQL it first takes the task's
+    /// transaction-scoped advisory lock: writers of one task then queue in one order instead
+    /// of locking rows in request order and deadlocking each other (SQLite has one writer).
+    /// Reads that a decision rests on belong inside it, so two writers never interleave.
+    pub async fn begin_task_write(&self, task_id: i64) -> Result<WriteTx, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(TASK_LOCK_SPACE | task_id)
+                .execute(tx.conn())
+                .await?;
+        }
+        Ok(tx)
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -205,14 +240,41 @@ fn prepare_sqlite_url(url: &str) -> anyhow::Result<String> {
     })
 }
 
-/// A nullable float as two parameters, for SQL of the form
-/// `CASE WHEN $flag = 1 THEN $value END`. sqlx's `Any` driver sends a NULL `f64` to
-/// PostgreSQL typed as `float4`; a statement prepared (and cached) that way then rejects a
-/// real 8-byte value with "incorrect binary data format". Binding a float always avoids it.
-pub fn nullable_f64(v: Option<f64>) -> (f64, i64) {
+/// Keyset paging in id order: the pages `fetch(after)` returns, starting after `start`, each
+/// cursor the last row's `key`, until a page comes back empty. Every loop over a task's rows
+/// reads through this.
+pub fn keyset_pages<'a, T, F, Fut>(
+    start: i64,
+    key: fn(&T) -> i64,
+    mut fetch: F,
+) -> impl futures::Stream<Item = Result<Vec<T>, sqlx::Error>> + 'a
+where
+    T: 'a,
+    F: FnMut(i64) -> Fut + 'a,
+    Fut: std::future::Future<Output = Result<Vec<T>, sqlx::Error>> + 'a,
+{
+    futures::stream::try_unfold(Some(start), move |cursor| {
+        let page = cursor.map(&mut fetch);
+        async move {
+            let Some(page) = page else { return Ok(None) };
+            let rows = page.await?;
+            match rows.last().map(key) {
+                Some(last) => Ok(Some((rows, Some(last)))),
+                None => Ok(None),
+            }
+        }
+    })
+}
+
+/// A nullable float as two parameters, the flag then the value, bound one after the other
+/// for SQL of the form `CASE WHEN $n = 1 THEN $n+1 END`. sqlx's `Any` driver sends a NULL
+/// `f64` to PostgreSQL typed as `float4`; a statement prepared (and cached) that way then
+/// rejects a real 8-byte value with "incorrect binary data format". Binding a float always
+/// avoids it.
+pub fn nullable_f64(v: Option<f64>) -> (i64, f64) {
     match v {
-        Some(x) => (x, 1),
-        None => (0.0, 0),
+        Some(x) => (1, x),
+        None => (0, 0.0),
     }
 }
 

@@ -1,6 +1,5 @@
 //! Test harness: real servers over real sockets, on SQLite or on a fresh PostgreSQL database
 //! per test, with the tiny random BERT or the real MiniLM.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +7,7 @@ use std::sync::OnceLock;
 
 use clap::Parser;
 use serde_json::Value;
-use sw2s::config::Cli;
+use sw2s::cli::Cli;
 use sw2s::server::Running;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +29,7 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI")
         .map(|v| v == "true" || v == "1")
         .unwrap_or(false)
@@ -104,7 +103,6 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub db_url: String,
-    pub backend: Backend,
     pub model_dir: PathBuf,
     running: Option<Running>,
     owns_db: bool,
@@ -158,7 +156,6 @@ impl TestServer {
             client: reqwest::Client::new(),
             dir,
             db_url,
-            backend: opts.backend,
             model_dir,
             running: None,
             owns_db,
@@ -185,7 +182,7 @@ impl TestServer {
         ];
         argv.extend(flags.iter().cloned());
         let cli = Cli::try_parse_from(&argv).expect("serve flags");
-        let sw2s::config::Command::Serve(args) = cli.command else {
+        let sw2s::cli::Command::Serve(args) = cli.command else {
             unreachable!()
         };
         let running = sw2s::server::start(&args).await.expect("server starts");
@@ -300,6 +297,22 @@ pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
     (status, json)
 }
 
+/// Waits for a job to end (succeeded, failed or cancelled) and returns it.
+pub async fn wait_job(s: &TestServer, task: &str, id: i64) -> Value {
+    for _ in 0..6000 {
+        let (status, job) = s.get(&format!("/v1/tasks/{task}/jobs/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        if matches!(
+            job["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not finish in 10 minutes");
+}
+
 /// Asserts an error response: status and machine-readable code.
 #[track_caller]
 pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) {
@@ -317,33 +330,6 @@ pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) {
         "error without message: {}",
         resp.1
     );
-}
-
-/// Rows of a ../shared/datasets JSONL file.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Row {
-    pub id: String,
-    pub text: String,
-    pub label: usize,
-    pub label_names: Vec<String>,
-    pub group: String,
-}
-
-pub fn datasets_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("SW2S_DATASETS") {
-        return PathBuf::from(d);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets")
-}
-
-pub fn read_rows(rel: &str, limit: usize) -> Vec<Row> {
-    let path = datasets_dir().join(rel);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {} (set SW2S_DATASETS): {e}", path.display()));
-    text.lines()
-        .take(limit)
-        .map(|l| serde_json::from_str(l).expect("row"))
-        .collect()
 }
 
 /// Runs `scenario(backend)` as two tests, `name::sqlite` and `name::postgres`.

@@ -15,8 +15,8 @@ use crate::method::label_model::{
     fit_sources, LabelModelConfig, LabelModelKind, Observations, SourceFit,
 };
 use crate::method::prior::{estimate, PriorEstimate, PriorEvidence};
+use crate::method::rule::WeakSide;
 use crate::method::safeguard::{check, Compared, Stage, StageReport};
-use crate::method::selection::WeakSide;
 use crate::method::weak::argmax;
 use crate::service::{Service, TaskCtx};
 

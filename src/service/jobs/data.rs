@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt;
+
 use crate::error::{Error, Result};
 use crate::method::label_model::Vote;
-use crate::method::selection::DecisionSource;
+use crate::method::rule::DecisionSource;
 use crate::service::{parse_dist, Service, TaskCtx};
-use crate::store::{bytes_to_f32s, examples};
+use crate::store::weak_labels;
+use crate::store::{bytes_to_f32s, examples, keyset_pages};
 
 const PAGE: i64 = 2000;
 
@@ -53,15 +56,16 @@ impl Service {
         };
         let mut source_index: HashMap<String, usize> = HashMap::new();
         let mut named: Vec<Vec<(usize, Vec<f32>, f32)>> = vec![];
+        let pool = self.store.pool();
         let mut after = 0;
-        loop {
-            let rows =
-                examples::training_rows_page(self.store.pool(), task.id, after, PAGE).await?;
-            let Some(last) = rows.last().map(|r| r.id) else {
-                break;
-            };
-            let votes =
-                examples::weak_labels_between(self.store.pool(), task.id, after, last).await?;
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |r: &examples::TrainingRow| r.id,
+            |a| { examples::training_rows_page(pool, task.id, a, PAGE) }
+        ));
+        while let Some(rows) = pages.try_next().await? {
+            let last = rows.last().map_or(after, |r| r.id);
+            let votes = weak_labels::weak_labels_between(pool, task.id, after, last).await?;
             let mut by_example: HashMap<i64, Vec<(usize, Vec<f32>, f32)>> = HashMap::new();
             for v in votes {
                 let Some(scores) = parse_dist(Some(&v.scores)).filter(|s| s.len() == k) else {

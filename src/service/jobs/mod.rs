@@ -55,6 +55,8 @@ pub enum JobKind {
 pub enum Trigger {
     Request,
     NewExamples,
+    /// N new gold labels (annotations from a tool such as Label Studio).
+    NewGold,
     Schedule,
     Activate,
     Retry,
@@ -88,6 +90,7 @@ text_enum!(JobKind { Head => "head", Full => "full", Reembed => "reembed" });
 text_enum!(Trigger {
     Request => "request",
     NewExamples => "new_examples",
+    NewGold => "new_gold",
     Schedule => "schedule",
     Activate => "activate",
     Retry => "retry",

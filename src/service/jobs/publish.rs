@@ -6,22 +6,23 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use serde_json::{json, Value};
 
 use super::queue::Finished;
 use super::Progress;
 use crate::error::{Error, Result};
+use crate::method::heads::Heads;
+use crate::method::pik::PikReport;
 use crate::method::pipeline::PipelineFit;
-use crate::method::selective::PikReport;
 use crate::model::encoder::Encoded;
 use crate::model::manifest::{
     version_dir, write_version_dir, EncoderRef, Manifest, PikInfo, MANIFEST_FORMAT,
 };
-use crate::model::Heads;
 use crate::service::settings::JobMode;
 use crate::service::{Service, TaskCtx};
 use crate::store::jobs::JobRow;
-use crate::store::{examples, f32s_to_bytes, models, now_ms};
+use crate::store::{examples, f32s_to_bytes, keyset_pages, models, now_ms};
 
 const JOB_CHUNK: i64 = 2000;
 
@@ -62,7 +63,7 @@ impl Service {
         let embeddings = self.embed_task(task, &version.bert, progress).await?;
         progress.check()?;
         progress.stage("activating");
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.store.begin_task_write(task.id).await?;
         write_embeddings(&mut tx, &embeddings, &version.encoder_id).await?;
         crate::store::tasks::set_active_version(tx.conn(), task.id, Some(version_id), now_ms())
             .await?;
@@ -100,8 +101,7 @@ impl Service {
         let mut encoded = self
             .model
             .tokenizer
-            .tokenize(&refs, crate::config::Overlong::Truncate)
-            .map_err(Error::Internal)?;
+            .tokenize(&refs, crate::model::Overlong::Truncate)?;
         for e in &mut encoded {
             if e.ids.len() > max_tokens {
                 let last = *e.ids.last().unwrap_or(&0);
@@ -126,19 +126,20 @@ impl Service {
             .await?
             .examples;
         let mut out = HashMap::with_capacity(total as usize);
-        let mut after = 0;
         progress.stage("embedding");
-        loop {
+        let pool = self.store.pool();
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |r: &examples::TextRow| r.id,
+            |a| { examples::texts_page(pool, task.id, a, 256) }
+        ));
+        while let Some(rows) = pages.try_next().await? {
             progress.check()?;
-            let rows = examples::texts_page(self.store.pool(), task.id, after, 256).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id;
             let refs: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
             let encoded = self
                 .model
                 .tokenizer
-                .tokenize(&refs, crate::config::Overlong::Truncate)
-                .map_err(Error::Internal)?;
+                .tokenize(&refs, crate::model::Overlong::Truncate)?;
             let vectors = self.model.worker.embed(bert, encoded).await?;
             out.extend(rows.iter().map(|r| r.id).zip(vectors));
             progress.set(json!({ "done": out.len(), "total": total }));
@@ -191,7 +192,7 @@ impl Service {
             training: training.clone(),
             pipeline: Some(serde_json::to_value(pipeline).map_err(|e| Error::Internal(e.into()))?),
         };
-        let bytes = heads.to_safetensors().map_err(Error::Internal)?;
+        let bytes = heads.to_safetensors()?;
         let mut tx = self.store.begin_write().await?;
         let (version_id, version) = models::insert(
             tx.conn(),
@@ -213,8 +214,7 @@ impl Service {
         };
         let encoder_path = match &change.new_encoder {
             Some(file) => {
-                manifest.encoder.weights_sha256 =
-                    Some(crate::model::encoder::sha256_file(file).map_err(Error::Internal)?);
+                manifest.encoder.weights_sha256 = Some(crate::fsio::sha256_file(file)?);
                 Some(rel(&dir.join("encoder.safetensors")))
             }
             None => change.encoder_path.clone(),
@@ -224,7 +224,7 @@ impl Service {
             .iter()
             .map(|f| ("encoder.safetensors", f.as_path()))
             .collect();
-        write_version_dir(&dir, &manifest, heads, &extra).map_err(Error::Internal)?;
+        write_version_dir(&dir, &manifest, &bytes, &extra)?;
         let manifest_json =
             serde_json::to_string(&manifest).map_err(|e| Error::Internal(e.into()))?;
         models::set_manifest(tx.conn(), version_id, &manifest_json).await?;
@@ -235,7 +235,7 @@ impl Service {
             write_embeddings(
                 &mut tx,
                 embeddings,
-                &crate::service::versions::fine_tuned_encoder_id(path),
+                &crate::service::version_cache::fine_tuned_encoder_id(path),
             )
             .await?;
         }
@@ -280,11 +280,13 @@ impl Service {
         let total = examples::dirty_count(self.store.pool(), task.id).await?;
         let mut done = 0;
         let mut changed = 0;
-        let mut after = 0;
-        loop {
-            let ids = examples::dirty_ids(self.store.pool(), task.id, after, 500).await?;
-            let Some(&last) = ids.last() else { break };
-            after = last;
+        let pool = self.store.pool();
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |id: &i64| *id,
+            |a| { examples::dirty_ids(pool, task.id, a, 500) }
+        ));
+        while let Some(ids) = pages.try_next().await? {
             let report = self.settle(&task, &ids, "new model version").await?;
             changed += report.decisions.iter().filter(|d| d.changed).count();
             done += ids.len();

@@ -150,7 +150,7 @@ impl Service {
         Ok(self.job_view(&task, new))
     }
 
-    /// Starts jobs whose trigger is due: N new examples, or the schedule.
+    /// Starts jobs whose trigger is due: N new examples, N new gold labels, or the schedule.
     pub async fn schedule_due_jobs(&self) -> Result<()> {
         let now = now_ms();
         for row in crate::store::tasks::list(self.store.pool()).await? {
@@ -169,8 +169,20 @@ impl Service {
                 }
                 None => false,
             };
+            let due_gold = match s.job_every_new_gold {
+                Some(n) => {
+                    let since = jobs::last_created_at(self.store.pool(), task.id)
+                        .await?
+                        .unwrap_or(0);
+                    crate::store::examples::gold_since(self.store.pool(), task.id, since).await?
+                        >= n as i64
+                }
+                None => false,
+            };
             let trigger = if due_new {
                 Trigger::NewExamples
+            } else if due_gold {
+                Trigger::NewGold
             } else if due_schedule {
                 Trigger::Schedule
             } else {

@@ -14,18 +14,17 @@ use super::publish::{EncoderChange, Publish};
 use super::queue::Finished;
 use super::{job_error, Progress};
 use crate::error::{Error, Result};
+use crate::method::heads::Heads;
+use crate::method::heads::{softmax, LinearHead};
 use crate::method::label_model::LabelModel;
+use crate::method::pik::{train_pik, PikConfig, PikOutcome, PikSample};
 use crate::method::pipeline::PipelineFit;
+use crate::method::policy::{fit_policy, PolicyCase, PolicyConfig};
+use crate::method::rule::{DecisionSource, StrongSide};
 use crate::method::safeguard::{self, Compared, Stage, StageMode, StageReport};
-use crate::method::selection::{DecisionSource, StrongSide};
-use crate::method::selective::{
-    cross_fit, fit_policy, train_pik, PikConfig, PikOutcome, PikSample, PolicyCase, PolicyConfig,
-};
-use crate::method::training::{train_softmax, Dataset, TrainConfig};
+use crate::method::training::{cross_fit, train_softmax, Dataset, TrainConfig};
 use crate::method::weak::{argmax, one_hot};
 use crate::model::encoder::Encoded;
-use crate::model::heads::{softmax, LinearHead};
-use crate::model::Heads;
 use crate::service::settings::{JobMode, Targets, TrainOn};
 use crate::service::{Service, TaskCtx};
 use crate::store::jobs::JobRow;
@@ -325,7 +324,7 @@ impl Service {
         let encoder_file = staging.join("encoder.safetensors");
         let model_dir = self.model.dir.clone();
         let p = progress.clone();
-        let params = crate::model::finetune::FinetuneParams {
+        let params = crate::method::finetune::FinetuneParams {
             epochs: ft.epochs,
             lr: ft.lr,
             batch_size: ft.batch_size,
@@ -338,8 +337,8 @@ impl Service {
         let head = tokio::task::spawn_blocking(move || -> anyhow::Result<LinearHead> {
             let device = candle_core::Device::Cpu;
             let config = crate::model::encoder::read_config(&model_dir)?;
-            let model = crate::model::finetune::TrainableBert::load(&config, &weights, &device)?;
-            let head = crate::model::finetune::finetune(&model, &head_init, &items, &params, &device, &mut |r| {
+            let model = crate::method::finetune::TrainableBert::load(&config, &weights, &device)?;
+            let head = crate::method::finetune::finetune(&model, &head_init, &items, &params, &device, &mut |r| {
                 p.set(json!({ "epoch": r.epoch, "step": r.step, "total_steps": total_steps, "loss": r.train_loss }));
                 !p.cancelled()
             })?;
@@ -359,8 +358,7 @@ impl Service {
                 crate::model::encoder::load_bert(&config, &file, None, &candle_core::Device::Cpu)
             })
             .await
-            .map_err(|e| Error::Internal(e.into()))?
-            .map_err(Error::Internal)?
+            .map_err(|e| Error::Internal(e.into()))??
         };
         let embeddings = self.embed_task(task, &Arc::new(bert), progress).await?;
 
@@ -381,7 +379,7 @@ impl Service {
                 })
             })
             .collect();
-        let pik = train_pik(&samples, &pik_cfg).map_err(Error::Internal)?;
+        let pik = train_pik(&samples, &pik_cfg)?;
         let summary = json!({ "fine_tuned_examples": train_pos.len(), "epochs": ft.epochs, "held_out_gold": n_hold });
         let targets = safeguard::unavailable(
             Stage::DecisionTargets,

@@ -2,16 +2,14 @@
 //! from the accuracies, the files it writes, both weak models and both modes. (The tiny
 //! random BERT keeps it fast; the README's tables come from the real model.)
 
-mod common;
-
 use clap::Parser;
 use serde_json::Value;
-use sw2s::config::{Cli, Command};
+use sw2s::cli::{Cli, Command};
 
 fn experiment_args(extra: &[&str]) -> (sw2s::experiment::ExperimentArgs, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let model = common::tiny_model_dir(dir.path());
-    let data = common::datasets_dir().join("sst2/validation.jsonl");
+    let model = crate::common::tiny_model_dir(dir.path());
+    let data = crate::data::datasets_dir().join("sst2/validation.jsonl");
     let out = dir.path().join("out");
     let mut argv: Vec<String> = vec![
         "sw2s".into(),
@@ -42,6 +40,9 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn head_mode_table_has_every_method_and_correct_pgr() {
+    if !crate::data::have_datasets() {
+        return;
+    }
     let (args, dir) = experiment_args(&["--limit", "400", "--seeds", "2"]);
     let report = sw2s::experiment::run(&args).unwrap();
     let names: Vec<String> = sw2s::experiment::catalogue(0.9)
@@ -135,6 +136,9 @@ fn head_mode_table_has_every_method_and_correct_pgr() {
 
 #[test]
 fn pgr_is_marked_not_meaningful_under_a_3_point_gap() {
+    if !crate::data::have_datasets() {
+        return;
+    }
     let (args, _dir) = experiment_args(&[
         "--limit",
         "300",
@@ -157,6 +161,9 @@ fn pgr_is_marked_not_meaningful_under_a_3_point_gap() {
 
 #[test]
 fn layers_weak_model_and_full_mode_run() {
+    if !crate::data::have_datasets() {
+        return;
+    }
     let (args, _dir) = experiment_args(&[
         "--limit",
         "200",
@@ -193,6 +200,9 @@ fn layers_weak_model_and_full_mode_run() {
 
 #[test]
 fn class_ratio_and_noise_models_make_an_imbalanced_task() {
+    if !crate::data::have_datasets() {
+        return;
+    }
     let (args, _dir) = experiment_args(&[
         "--class-ratio",
         "0.2",

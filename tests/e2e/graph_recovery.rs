@@ -2,11 +2,9 @@
 //! rebuilt (or caught up) from stored embeddings on start, and examples read back the same
 //! refined labels and neighbours.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 
-use common::{Backend, ModelKind, Options, TestServer};
+use crate::common::{Backend, ModelKind, Options, TestServer};
 use serde_json::{json, Value};
 
 const WORDS: &[&str] = &[

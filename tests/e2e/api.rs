@@ -1,9 +1,7 @@
 //! End-to-end tests of the task and example API over a real socket, on SQLite and on
 //! PostgreSQL: success paths, idempotency, atomicity and every kind of bad input.
 
-mod common;
-
-use common::{assert_error, Backend, ModelKind, Options, TestServer};
+use crate::common::{assert_error, Backend, ModelKind, Options, TestServer};
 use serde_json::{json, Value};
 
 async fn server(backend: Backend, opts: impl FnOnce(Options) -> Options) -> Option<TestServer> {
@@ -280,9 +278,24 @@ async fn bad_inputs(backend: Backend) {
     };
     s.post("/v1/tasks", &json!({"name": "t", "labels": ["neg", "pos"]}))
         .await;
-    let ingest = |examples: Value| json!({ "examples": examples });
-    let ok_example = example("ok1", "fine text", json!([{"source": "r", "label": "pos"}]));
+    malformed_requests(&s).await;
+    invalid_examples_write_nothing(&s).await;
+    limits_and_duplicates(&s).await;
+    text_conflicts(&s).await;
+    other_routes(&s).await;
+    s.finish().await;
+}
 
+fn ingest(examples: Value) -> Value {
+    json!({ "examples": examples })
+}
+
+fn ok_example() -> Value {
+    example("ok1", "fine text", json!([{"source": "r", "label": "pos"}]))
+}
+
+/// Bodies that are not JSON, not the right JSON, or sent to an unknown task.
+async fn malformed_requests(s: &TestServer) {
     assert_error(
         &s.post_raw(
             "/v1/tasks/t/examples",
@@ -306,11 +319,8 @@ async fn bad_inputs(backend: Backend) {
         "invalid_body",
     );
     assert_error(
-        &s.post(
-            "/v1/tasks/nope/examples",
-            &ingest(json!([ok_example.clone()])),
-        )
-        .await,
+        &s.post("/v1/tasks/nope/examples", &ingest(json!([ok_example()])))
+            .await,
         404,
         "not_found",
     );
@@ -319,7 +329,11 @@ async fn bad_inputs(backend: Backend) {
         422,
         "empty_batch",
     );
+}
 
+/// Every kind of invalid example, each after a valid one in its batch: a clear 422 that names
+/// the example, and nothing written.
+async fn invalid_examples_write_nothing(s: &TestServer) {
     let cases: Vec<(Value, u16, &str)> = vec![
         (
             example("x", "t", json!([{"source": "r", "label": "maybe"}])),
@@ -413,7 +427,7 @@ async fn bad_inputs(backend: Backend) {
         let resp = s
             .post(
                 "/v1/tasks/t/examples",
-                &ingest(json!([ok_example.clone(), bad.clone()])),
+                &ingest(json!([ok_example(), bad.clone()])),
             )
             .await;
         assert_error(&resp, status, code);
@@ -430,11 +444,14 @@ async fn bad_inputs(backend: Backend) {
         task["examples"], 0,
         "rejected batches wrote nothing: {task}"
     );
+}
 
+/// Duplicate ids in a batch, too many examples, too large a body.
+async fn limits_and_duplicates(s: &TestServer) {
     assert_error(
         &s.post(
             "/v1/tasks/t/examples",
-            &ingest(json!([ok_example.clone(), ok_example.clone()])),
+            &ingest(json!([ok_example(), ok_example()])),
         )
         .await,
         422,
@@ -454,10 +471,12 @@ async fn bad_inputs(backend: Backend) {
         413,
         "too_large",
     );
+}
 
-    // A changed text under a known id is a conflict, and the whole batch is rejected.
+/// A changed text under a known id is a conflict, and the whole batch is rejected.
+async fn text_conflicts(s: &TestServer) {
     let (status, _) = s
-        .post("/v1/tasks/t/examples", &ingest(json!([ok_example.clone()])))
+        .post("/v1/tasks/t/examples", &ingest(json!([ok_example()])))
         .await;
     assert_eq!(status, 200);
     let conflict = s
@@ -472,7 +491,10 @@ async fn bad_inputs(backend: Backend) {
     assert_error(&conflict, 409, "example_text_conflict");
     assert_eq!(conflict.1["error"]["details"]["ids"], json!(["ok1"]));
     assert_error(&s.get("/v1/tasks/t/examples/new1").await, 404, "not_found");
+}
 
+/// Gold labels, weak labels, embed and predict refuse bad input the same way.
+async fn other_routes(s: &TestServer) {
     assert_error(
         &s.put("/v1/tasks/t/examples/ok1/gold", &json!({"label": "maybe"}))
             .await,
@@ -507,38 +529,194 @@ async fn bad_inputs(backend: Backend) {
         422,
         "empty_text",
     );
-    s.finish().await;
 }
 both_backends!(
     bad_inputs_get_clear_4xx_and_write_nothing,
     super::bad_inputs
 );
 
+async fn call(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut r = s.client.request(method, s.url(path));
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    r.send().await.unwrap()
+}
+
+/// Admin keys from `--api-key` (a comma list), scoped and task-bound keys from a key file
+/// re-read when it changes; 401 with `WWW-Authenticate` without a valid key, 403 for a
+/// valid key without the scope or the task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_key_guards_v1_but_not_health() {
-    let Some(s) = server(Backend::Sqlite, |o| o.flag("api-key", "s3cret")).await else {
+async fn scoped_keys_guard_v1_but_not_health() {
+    use reqwest::Method;
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    let entry = |name: &str, key: &str, scope: &str, tasks: Option<&[&str]>| {
+        let mut e = json!({"name": name, "sha256": sw2s::api::auth::hash_key(key), "scope": scope});
+        if let Some(t) = tasks {
+            e["tasks"] = json!(t);
+        }
+        e
+    };
+    let file = json!({"keys": [
+        entry("reader", "k-read", "read", None),
+        entry("pipeline-a", "k-write-a", "write", Some(&["a"])),
+    ]});
+    std::fs::write(keys.path(), file.to_string()).unwrap();
+    let Some(s) = server(Backend::Sqlite, |o| {
+        o.flag("api-key", "s3cret, second")
+            .flag("keys-file", &keys.path().display().to_string())
+    })
+    .await
+    else {
         return;
     };
-    assert_error(&s.get("/v1/tasks").await, 401, "unauthorized");
-    let wrong = s
-        .client
-        .get(s.url("/v1/tasks"))
-        .bearer_auth("nope")
-        .send()
-        .await
-        .unwrap();
-    assert_error(&common::status_json(wrong).await, 403, "forbidden");
-    let right = s
-        .client
-        .get(s.url("/v1/tasks"))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(right.status(), 200);
+    let none = call(&s, Method::GET, "/v1/tasks", None, None).await;
+    assert_eq!(
+        none.headers()["www-authenticate"].to_str().unwrap(),
+        "Bearer realm=\"sw2s\""
+    );
+    assert_error(&crate::common::status_json(none).await, 401, "unauthorized");
+    let wrong = call(&s, Method::GET, "/v1/tasks", Some("nope"), None).await;
+    assert_error(
+        &crate::common::status_json(wrong).await,
+        401,
+        "unauthorized",
+    );
+    for admin in ["s3cret", "second"] {
+        assert_eq!(
+            call(&s, Method::GET, "/v1/tasks", Some(admin), None)
+                .await
+                .status(),
+            200
+        );
+    }
+    for name in ["a", "b"] {
+        let r = call(
+            &s,
+            Method::POST,
+            "/v1/tasks",
+            Some("s3cret"),
+            Some(json!({"name": name, "labels": ["neg", "pos"]})),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+    }
+    let batch =
+        json!({"examples": [example("e1", "good", json!([{"source": "s", "label": "pos"}]))]});
+    // A read key reads but does not write.
+    assert_eq!(
+        call(&s, Method::GET, "/v1/tasks/a", Some("k-read"), None)
+            .await
+            .status(),
+        200
+    );
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/tasks/a/examples",
+        Some("k-read"),
+        Some(batch.clone()),
+    )
+    .await;
+    let (status, body) = crate::common::status_json(r).await;
+    assert_error(&(status, body.clone()), 403, "forbidden");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("write"),
+        "{body}"
+    );
+    // A write key bound to task a writes there, and nowhere else; it cannot create tasks.
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/tasks/a/examples",
+        Some("k-write-a"),
+        Some(batch.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = call(
+        &s,
+        Method::POST,
+        "/v1/tasks/b/examples",
+        Some("k-write-a"),
+        Some(batch.clone()),
+    )
+    .await;
+    assert_error(&crate::common::status_json(r).await, 403, "forbidden");
+    let r = call(&s, Method::GET, "/v1/tasks/%62", Some("k-write-a"), None).await;
+    assert_error(&crate::common::status_json(r).await, 403, "forbidden");
+    let r = call(&s, Method::DELETE, "/v1/tasks/a", Some("k-write-a"), None).await;
+    assert_error(&crate::common::status_json(r).await, 403, "forbidden");
+    // Health and readiness stay open.
     assert_eq!(s.get("/health").await.0, 200);
     assert_eq!(s.get("/ready").await.0, 200);
+    // The key file is re-read when it changes: the reader's key stops working.
+    std::fs::write(
+        keys.path(),
+        json!({"keys": [entry("pipeline-a", "k-write-a", "write", Some(&["a"]))]}).to_string(),
+    )
+    .unwrap();
+    let mut revoked = false;
+    for _ in 0..100 {
+        if call(&s, Method::GET, "/v1/tasks", Some("k-read"), None)
+            .await
+            .status()
+            == 401
+        {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(revoked, "the key file change was not picked up");
+    assert_eq!(
+        call(&s, Method::GET, "/v1/tasks/a", Some("k-write-a"), None)
+            .await
+            .status(),
+        200
+    );
     s.finish().await;
+}
+
+#[test]
+fn keys_that_would_turn_auth_off_are_refused() {
+    use clap::Parser;
+    let parse = |extra: &[&str]| {
+        let mut argv = vec![
+            "sw2s",
+            "serve",
+            "--data-dir",
+            "/nonexistent/sw2s-never-created",
+        ];
+        argv.extend_from_slice(extra);
+        let sw2s::cli::Command::Serve(args) = sw2s::cli::Cli::try_parse_from(argv).unwrap().command
+        else {
+            unreachable!()
+        };
+        args
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (flags, why) in [
+        (vec!["--api-key", ""], "empty key"),
+        (vec!["--api-key", "a,,b"], "empty key in a list"),
+        (vec!["--addr", "0.0.0.0:0"], "no key off loopback"),
+    ] {
+        let args = parse(&flags);
+        let err = rt.block_on(sw2s::server::start(&args)).err();
+        assert!(err.is_some(), "{why}: the server started");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

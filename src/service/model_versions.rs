@@ -107,7 +107,7 @@ impl Service {
                 },
             ));
         }
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.store.begin_task_write(task.id).await?;
         crate::store::tasks::set_active_version(tx.conn(), task.id, Some(row.id), now_ms()).await?;
         let dirty = examples::mark_task_dirty(tx.conn(), task.id).await?;
         tx.commit().await?;

@@ -1,11 +1,9 @@
 //! The decision log over HTTP: append-only history, the streamed JSON-lines export with its
 //! filters (across several pages), and the review queue.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{assert_error, Backend, ModelKind, Options, TestServer};
+use crate::common::{assert_error, Backend, ModelKind, Options, TestServer};
 use serde_json::{json, Value};
 
 async fn export(s: &TestServer, query: &str) -> Vec<Value> {

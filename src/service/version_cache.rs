@@ -7,10 +7,10 @@ use anyhow::Context;
 
 use super::{Service, TaskCtx};
 use crate::error::{Error, Result};
+use crate::method::heads::Heads;
 use crate::method::pipeline::PipelineFit;
 use crate::model::bert::Bert;
 use crate::model::manifest::Manifest;
-use crate::model::Heads;
 
 pub struct LoadedVersion {
     pub id: i64,
@@ -41,7 +41,7 @@ impl Service {
                 "version {version_id} has a corrupt manifest: {e}"
             ))
         })?;
-        let heads = Heads::from_safetensors(&row.heads).map_err(Error::Internal)?;
+        let heads = Heads::from_safetensors(&row.heads)?;
         let (bert, encoder_id) = match &row.encoder_path {
             Some(rel) => {
                 let path = self.data_dir.join(rel);
@@ -59,8 +59,7 @@ impl Service {
                 .map_err(|e| Error::Internal(e.into()))?
                 .with_context(|| {
                     format!("loading the fine-tuned encoder of version id {version_id}")
-                })
-                .map_err(Error::Internal)?;
+                })?;
                 (Arc::new(bert), fine_tuned_encoder_id(rel))
             }
             None => (self.model.base.clone(), self.model.base_encoder_id()),

@@ -1,13 +1,11 @@
 //! The strong model runtime: parity with sentence-transformers on the real MiniLM, batching
 //! invisible to results, tokenizer limits, the bounded queue, /info and predictions.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{assert_error, real_model_dir, Backend, ModelKind, Options, TestServer};
+use crate::common::{assert_error, real_model_dir, Backend, ModelKind, Options, TestServer};
 use serde_json::{json, Value};
-use sw2s::config::Overlong;
+use sw2s::model::Overlong;
 use sw2s::model::{BatchConfig, Encoder, ModelWorker};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -26,7 +24,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_model_matches_sentence_transformers() {
     let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/minilm_reference.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/minilm_reference.json")).unwrap();
     let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone()).unwrap();
     let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["embeddings"].clone()).unwrap();
     let s = TestServer::start(Options::new(Backend::Sqlite, ModelKind::Real))

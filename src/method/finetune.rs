@@ -1,6 +1,6 @@
 //! Fine-tuning the encoder with a classification head (`full` jobs): the BERT's weights live
 //! in a `VarMap`, so AdamW updates them in place and the fine-tuned encoder can be saved as
-//! one safetensors file that [`super::encoder::load_bert`] reads back.
+//! one safetensors file that [`crate::model::encoder::load_bert`] reads back.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,10 +10,10 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::bert::{Bert, BertConfig, Pass};
-use super::encoder::{batch_tensors, Encoded};
 use super::heads::LinearHead;
-use crate::method::training::{Cancelled, EpochReport};
+use super::training::{Cancelled, EpochReport};
+use crate::model::bert::{Bert, BertConfig, Pass};
+use crate::model::encoder::{batch_tensors, Encoded};
 
 pub struct TrainableBert {
     pub varmap: VarMap,
@@ -43,7 +43,11 @@ impl TrainableBert {
     }
 
     pub fn load(config: &BertConfig, weights: &Path, device: &Device) -> candle_core::Result<Self> {
-        Self::from_tensors(config, super::bert::load_weights(weights, device)?, device)
+        Self::from_tensors(
+            config,
+            crate::model::bert::load_weights(weights, device)?,
+            device,
+        )
     }
 
     pub fn save(&self, path: &Path) -> candle_core::Result<()> {
@@ -159,7 +163,7 @@ mod tests {
         config.hidden_dropout_prob = 0.0;
         config.attention_probs_dropout_prob = 0.0;
         let tensors =
-            super::super::bert::load_weights(&dir.path().join("model.safetensors"), &Device::Cpu)
+            crate::model::bert::load_weights(&dir.path().join("model.safetensors"), &Device::Cpu)
                 .unwrap();
         let tok = TextTokenizer::load(dir.path(), 64).unwrap();
         (dir, config, tensors, tok)
@@ -175,7 +179,7 @@ mod tests {
                     "a short one",
                     "a somewhat longer sentence, with punctuation!",
                 ],
-                crate::config::Overlong::Truncate,
+                crate::model::Overlong::Truncate,
             )
             .unwrap();
         let refs: Vec<&Encoded> = enc.iter().collect();
@@ -199,7 +203,7 @@ mod tests {
         let enc = tok
             .tokenize(
                 &["gradients reach every layer", "and the embeddings too"],
-                crate::config::Overlong::Truncate,
+                crate::model::Overlong::Truncate,
             )
             .unwrap();
         let refs: Vec<&Encoded> = enc.iter().collect();
@@ -242,7 +246,7 @@ mod tests {
             "poor bad",
         ];
         let enc = tok
-            .tokenize(&texts, crate::config::Overlong::Truncate)
+            .tokenize(&texts, crate::model::Overlong::Truncate)
             .unwrap();
         let items: Vec<(Encoded, Vec<f32>)> = enc
             .into_iter()
@@ -288,7 +292,7 @@ mod tests {
             .iter()
             .enumerate()
             .filter(|(i, e)| {
-                let p = crate::model::heads::softmax(&head.forward(e));
+                let p = crate::method::heads::softmax(&head.forward(e));
                 (p[1] > 0.5) == (*i < 3)
             })
             .count();

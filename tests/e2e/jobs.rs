@@ -2,11 +2,9 @@
 //! task, progress and metrics, versions, activation and rollback, cancel and retry, `full`
 //! jobs with re-embedding, interrupted jobs after a restart, and the new-examples trigger.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_error, Backend, ModelKind, Options, TestServer};
+use crate::common::{assert_error, wait_job, Backend, ModelKind, Options, TestServer};
 use serde_json::{json, Value};
 
 const POS: &[&str] = &["great", "superb", "lovely", "brilliant", "moving"];
@@ -48,21 +46,6 @@ async fn ingest(s: &TestServer, task: &str, range: std::ops::Range<usize>, gold:
     assert_eq!(status, 200, "{body}");
 }
 
-async fn wait_job(s: &TestServer, task: &str, id: i64) -> Value {
-    for _ in 0..1200 {
-        let (status, job) = s.get(&format!("/v1/tasks/{task}/jobs/{id}")).await;
-        assert_eq!(status, 200, "{job}");
-        if matches!(
-            job["state"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        ) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("job {id} did not finish");
-}
-
 async fn start_job(s: &TestServer, task: &str, body: Value) -> i64 {
     let (status, job) = s.post(&format!("/v1/tasks/{task}/jobs"), &body).await;
     assert_eq!(status, 202, "{job}");
@@ -93,8 +76,23 @@ async fn lifecycle(backend: Backend) {
     )
     .await;
     ingest(&s, "t", 0..180, true).await;
+    let queued = queue_rules(&s).await;
+    // With a job runner the queued job runs.
+    s.stop().await;
+    s.launch(&[]).await;
+    first_version(&s, queued).await;
+    predictions_follow_the_version(&s).await;
+    rollback(&s).await;
+    cancel_running_job(&s).await;
+    full_job_and_reembedding(&s).await;
+    interrupted_job_is_failed_and_retried(&mut s).await;
+    s.finish().await;
+}
 
-    // One job per task: a second request while the first is queued gets 409 naming it.
+/// One job per task: a second request while the first is queued gets 409 naming it;
+/// cancelling a queued job is immediate and a cancelled job can be re-run. Returns the
+/// re-run's id.
+async fn queue_rules(s: &TestServer) -> i64 {
     let response = s
         .client
         .post(s.url("/v1/tasks/t/jobs"))
@@ -121,7 +119,6 @@ async fn lifecycle(backend: Backend) {
         "invalid_body",
     );
 
-    // Cancelling a queued job is immediate; a cancelled job can be re-run.
     let first_id = first["id"].as_i64().unwrap();
     let (status, cancelled) = s
         .post(&format!("/v1/tasks/t/jobs/{first_id}/cancel"), &json!({}))
@@ -143,11 +140,12 @@ async fn lifecycle(backend: Backend) {
         (Some(first_id), Some("retry"))
     );
     assert_error(&s.get("/v1/tasks/t/jobs/999").await, 404, "not_found");
+    retried["id"].as_i64().unwrap()
+}
 
-    // With a job runner the queued job runs.
-    s.stop().await;
-    s.launch(&[]).await;
-    let job = wait_job(&s, "t", retried["id"].as_i64().unwrap()).await;
+/// The first job publishes version 1 with P(IK), its stage checks and its files.
+async fn first_version(s: &TestServer, id: i64) {
+    let job = wait_job(s, "t", id).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["model_version"], 1);
     assert!(job["started_at"].as_i64().unwrap() <= job["finished_at"].as_i64().unwrap());
@@ -190,8 +188,11 @@ async fn lifecycle(backend: Backend) {
         version_dir.join("manifest.json").is_file()
             && version_dir.join("heads.safetensors").is_file()
     );
+}
 
-    // Predictions now come from version 1, with P(IK) and its source.
+/// Predictions now come from version 1, with P(IK) and its source, and every example was
+/// re-scored under it.
+async fn predictions_follow_the_version(s: &TestServer) {
     let (_, p) = s
         .post(
             "/v1/tasks/t/predict",
@@ -205,7 +206,6 @@ async fn lifecycle(backend: Backend) {
         p["predictions"][0]["p_ik_source"].as_str(),
         Some("trained" | "msp")
     ));
-    // Every example was re-scored under version 1.
     let (_, page) = s.get("/v1/tasks/t/examples?limit=1000").await;
     assert!(
         page["examples"]
@@ -215,28 +215,32 @@ async fn lifecycle(backend: Backend) {
             .all(|e| e["p_ik"].is_number()),
         "{page}"
     );
+}
 
-    // A second version, then roll back to the first.
-    let second = start_job(&s, "t", json!({"mode": "head"})).await;
-    assert_eq!(wait_job(&s, "t", second).await["model_version"], 2);
-    assert_eq!(predict_version(&s, "t").await, 2);
+/// A second version, then roll back to the first.
+async fn rollback(s: &TestServer) {
+    let second = start_job(s, "t", json!({"mode": "head"})).await;
+    assert_eq!(wait_job(s, "t", second).await["model_version"], 2);
+    assert_eq!(predict_version(s, "t").await, 2);
     let (status, act) = s.post("/v1/tasks/t/models/1/activate", &json!({})).await;
     assert_eq!(status, 200, "{act}");
     assert_eq!(act["active_version"], 1);
-    assert_eq!(predict_version(&s, "t").await, 1);
+    assert_eq!(predict_version(s, "t").await, 1);
     assert_error(
         &s.post("/v1/tasks/t/models/9/activate", &json!({})).await,
         404,
         "not_found",
     );
+}
 
-    // Cancelling a running job stops it; serving stays on version 1.
+/// Cancelling a running job stops it; serving stays on version 1.
+async fn cancel_running_job(s: &TestServer) {
     s.patch(
         "/v1/tasks/t",
         &json!({"settings": {"finetune": {"epochs": 100}}}),
     )
     .await;
-    let long = start_job(&s, "t", json!({"mode": "full"})).await;
+    let long = start_job(s, "t", json!({"mode": "full"})).await;
     for _ in 0..600 {
         let (_, job) = s.get(&format!("/v1/tasks/t/jobs/{long}")).await;
         if job["progress"]["stage"] == "fine-tuning"
@@ -250,10 +254,10 @@ async fn lifecycle(backend: Backend) {
         .post(&format!("/v1/tasks/t/jobs/{long}/cancel"), &json!({}))
         .await;
     assert_eq!(status, 202);
-    let job = wait_job(&s, "t", long).await;
+    let job = wait_job(s, "t", long).await;
     assert_eq!(job["state"], "cancelled", "{job}");
     assert_eq!(
-        predict_version(&s, "t").await,
+        predict_version(s, "t").await,
         1,
         "a cancelled job leaves serving untouched"
     );
@@ -268,10 +272,13 @@ async fn lifecycle(backend: Backend) {
         &json!({"settings": {"finetune": {"epochs": 2}}}),
     )
     .await;
+}
 
-    // `full`: the encoder is fine-tuned, every example re-embedded, the graph rebuilt.
-    let full = start_job(&s, "t", json!({"mode": "full"})).await;
-    let job = wait_job(&s, "t", full).await;
+/// `full`: the encoder is fine-tuned, every example re-embedded, the graph rebuilt; back to
+/// version 1 (base encoder), a job re-embeds the task first.
+async fn full_job_and_reembedding(s: &TestServer) {
+    let full = start_job(s, "t", json!({"mode": "full"})).await;
+    let job = wait_job(s, "t", full).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let full_version = job["model_version"].as_i64().unwrap();
     let (_, models) = s.get("/v1/tasks/t/models").await;
@@ -292,7 +299,7 @@ async fn lifecycle(backend: Backend) {
             "data/versions/task-1/v{full_version}/encoder.safetensors"
         ))
         .is_file());
-    assert_eq!(predict_version(&s, "t").await, full_version);
+    assert_eq!(predict_version(s, "t").await, full_version);
     let (_, e) = s.get("/v1/tasks/t/examples/e4").await;
     assert!(
         !e["neighbours"].as_array().unwrap().is_empty(),
@@ -300,18 +307,19 @@ async fn lifecycle(backend: Backend) {
     );
     assert_eq!(e["prediction"]["model_version"], full_version);
 
-    // Back to version 1 (base encoder): a job re-embeds the task first.
     let (status, act) = s.post("/v1/tasks/t/models/1/activate", &json!({})).await;
     assert_eq!(status, 202, "{act}");
     assert_eq!(
         act["active_version"], full_version,
         "serving is unchanged until the job is done"
     );
-    let job = wait_job(&s, "t", act["job"]["id"].as_i64().unwrap()).await;
+    let job = wait_job(s, "t", act["job"]["id"].as_i64().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(predict_version(&s, "t").await, 1);
+    assert_eq!(predict_version(s, "t").await, 1);
+}
 
-    // A job running when the process stopped is failed on restart and can be re-run.
+/// A job running when the process stopped is failed on restart and can be re-run.
+async fn interrupted_job_is_failed_and_retried(s: &mut TestServer) {
     let task_id = s.service().task("t").await.unwrap().id;
     let instance = s.service().instance_id.clone();
     sqlx::query(
@@ -344,10 +352,9 @@ async fn lifecycle(backend: Backend) {
         .await;
     assert_eq!(status, 202, "{retried}");
     assert_eq!(
-        wait_job(&s, "t", retried["id"].as_i64().unwrap()).await["state"],
+        wait_job(s, "t", retried["id"].as_i64().unwrap()).await["state"],
         "succeeded"
     );
-    s.finish().await;
 }
 both_backends!(job_lifecycle, super::lifecycle);
 

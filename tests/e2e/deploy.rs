@@ -12,7 +12,7 @@ fn root() -> &'static Path {
 }
 
 fn serve_env_vars() -> BTreeSet<String> {
-    let cli = sw2s::config::Cli::command();
+    let cli = sw2s::cli::Cli::command();
     let serve = cli.find_subcommand("serve").expect("serve subcommand");
     serve
         .get_arguments()

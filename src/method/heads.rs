@@ -1,13 +1,14 @@
 //! Per-task heads over the encoder's embedding: the classification head (softmax over the
 //! task's labels) and the P(IK) head (is the classifier right on this example?). They are tiny,
-//! so inference is plain Rust; training lives in `method::training`.
+//! so inference is plain Rust; training lives in `training`, their file in
+//! `model::tensor_file`.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context};
-use safetensors::tensor::{Dtype, TensorView};
 
-use crate::method::pik::{pik_features, PikFeatures};
+use super::pik::{pik_features, PikFeatures};
+use crate::model::tensor_file;
 
 /// y = W x + b with W stored row-major (out × in).
 #[derive(Debug, Clone, PartialEq)]
@@ -83,60 +84,44 @@ impl Heads {
     /// Serialises to safetensors (`classifier.weight`, `classifier.bias`, `pik.weight`,
     /// `pik.bias`), with the P(IK) feature set in the metadata.
     pub fn to_safetensors(&self) -> anyhow::Result<Vec<u8>> {
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
-        let mut push = |name: &str, shape: Vec<usize>, data: &[f32]| {
-            tensors.push((
-                name.into(),
-                shape,
-                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ));
-        };
         let c = &self.classifier;
-        push("classifier.weight", vec![c.out_dim, c.in_dim], &c.weight);
-        push("classifier.bias", vec![c.out_dim], &c.bias);
+        let mut tensors = vec![
+            (
+                "classifier.weight".to_string(),
+                vec![c.out_dim, c.in_dim],
+                c.weight.clone(),
+            ),
+            (
+                "classifier.bias".to_string(),
+                vec![c.out_dim],
+                c.bias.clone(),
+            ),
+        ];
         let mut meta = HashMap::new();
         if let Some(p) = &self.pik {
-            push(
-                "pik.weight",
-                vec![p.linear.out_dim, p.linear.in_dim],
-                &p.linear.weight,
-            );
-            push("pik.bias", vec![p.linear.out_dim], &p.linear.bias);
+            let l = &p.linear;
+            tensors.push((
+                "pik.weight".into(),
+                vec![l.out_dim, l.in_dim],
+                l.weight.clone(),
+            ));
+            tensors.push(("pik.bias".into(), vec![l.out_dim], l.bias.clone()));
             meta.insert("pik_features".to_string(), p.features.as_str().to_string());
         }
-        let views = tensors
-            .iter()
-            .map(|(name, shape, data)| {
-                Ok((
-                    name.clone(),
-                    TensorView::new(Dtype::F32, shape.clone(), data)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-        Ok(safetensors::serialize(views, &Some(meta))?)
+        tensor_file::write(&tensors, meta)
     }
 
     pub fn from_safetensors(bytes: &[u8]) -> anyhow::Result<Self> {
-        let (_, metadata) =
-            safetensors::SafeTensors::read_metadata(bytes).context("reading heads")?;
-        let st = safetensors::SafeTensors::deserialize(bytes).context("reading heads")?;
-        let read = |name: &str| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-            let t = st
-                .tensor(name)
-                .with_context(|| format!("heads file has no {name}"))?;
-            if t.dtype() != Dtype::F32 {
-                bail!("{name} is {:?}, expected F32", t.dtype());
-            }
-            let data = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Ok((t.shape().to_vec(), data))
-        };
+        let (tensors, metadata) = tensor_file::read(bytes).context("reading heads")?;
         let linear = |prefix: &str| -> anyhow::Result<LinearHead> {
-            let (ws, weight) = read(&format!("{prefix}.weight"))?;
-            let (_, bias) = read(&format!("{prefix}.bias"))?;
+            let get = |name: String| {
+                tensors
+                    .get(&name)
+                    .cloned()
+                    .with_context(|| format!("heads file has no {name}"))
+            };
+            let (ws, weight) = get(format!("{prefix}.weight"))?;
+            let (_, bias) = get(format!("{prefix}.bias"))?;
             if ws.len() != 2 || bias.len() != ws[0] {
                 bail!("{prefix}: inconsistent shapes");
             }
@@ -148,11 +133,9 @@ impl Heads {
             })
         };
         let classifier = linear("classifier")?;
-        let pik = if st.names().iter().any(|n| *n == "pik.weight") {
+        let pik = if tensors.contains_key("pik.weight") {
             let features = metadata
-                .metadata()
-                .as_ref()
-                .and_then(|m| m.get("pik_features"))
+                .get("pik_features")
                 .map(|s| PikFeatures::parse(s))
                 .transpose()?
                 .unwrap_or(PikFeatures::EmbeddingAndProbs);

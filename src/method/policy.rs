@@ -1,0 +1,296 @@
+//! The task's decision policy, fitted on gold at a job: the arbiter that judges the strong
+//! and weak sides together, whether strong selection is on (its gold check), and the
+//! target-precision threshold — each measured on out-of-fold values only.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::confidence::{
+    group_folds, precision_threshold, CalibrationReport, Logistic, PrecisionThreshold, L2,
+};
+use super::rule::{decide, Arbiter, Inputs, Rule, StrongSide, WeakSide};
+use super::safeguard::{Stage, StageMode, StageReport};
+use super::weak::argmax;
+
+/// How the strong and weak sides are chosen between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The side with the higher calibrated probability of being right (the τ rule while
+    /// either side is uncalibrated).
+    #[default]
+    Confidence,
+    /// Strong when P(IK) ≥ τ, else the refined weak label.
+    Tau,
+}
+
+/// One gold example as the decision policy sees it (out-of-fold values only).
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyCase<'a> {
+    pub gold: usize,
+    pub strong: Option<StrongSide<'a>>,
+    pub weak: Option<WeakSide>,
+    /// Examples of one group stay in one fold when the arbiter is cross-fitted.
+    pub group: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub strong: StageMode,
+    pub selection: Selection,
+    pub tau: f32,
+    pub z: f64,
+    pub target_precision: Option<f64>,
+}
+
+/// The task's decision policy, fitted on gold: whether strong selection is on, and the
+/// target-precision threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Policy {
+    pub strong: StageReport,
+    pub selection: Selection,
+    pub tau: f32,
+    /// Judges the two sides together (fitted when both sides are calibrated).
+    pub arbiter: Option<Arbiter>,
+    /// Present when the task sets `target_precision`.
+    pub target: Option<PrecisionThreshold>,
+    /// The decisions' confidence on gold, out of fold: is it calibrated?
+    pub decisions: CalibrationReport,
+}
+
+impl Policy {
+    pub fn rule(&self) -> Rule {
+        Rule {
+            strong: self.strong.on,
+            compare: self.selection == Selection::Confidence,
+            tau: self.tau,
+            abstain_below: self.target.as_ref().map(|t| t.threshold),
+            arbiter: self.arbiter.clone(),
+        }
+    }
+
+    /// Before any gold check: the weak side decides unless strong selection is forced on.
+    pub fn unchecked(strong: StageMode, selection: Selection, tau: f32, why: &str) -> Self {
+        let mut stage = super::safeguard::unavailable(Stage::Strong, strong, why);
+        stage.on = strong == StageMode::On;
+        Policy {
+            strong: stage,
+            selection,
+            tau,
+            arbiter: None,
+            target: None,
+            decisions: CalibrationReport::default(),
+        }
+    }
+}
+
+/// The arbiter fitted on the cases where both sides are calibrated, with each case's fold
+/// model (cross-fitted by group) for out-of-fold decisions; `None` when there is not enough
+/// to fit it on.
+fn fit_arbiter(cases: &[PolicyCase], seed: u64) -> Option<(Arbiter, Vec<Option<Arbiter>>)> {
+    let both: Vec<usize> = (0..cases.len())
+        .filter(|&i| {
+            cases[i].strong.is_some_and(|s| s.calibrated)
+                && cases[i].weak.is_some_and(|w| w.calibrated)
+        })
+        .collect();
+    let data = |rows: &[usize]| -> (Vec<f32>, Vec<bool>, Vec<bool>) {
+        let mut x = vec![];
+        let (mut ys, mut yw) = (vec![], vec![]);
+        for &i in rows {
+            let (Some(s), Some(w)) = (cases[i].strong, cases[i].weak) else {
+                continue;
+            };
+            let strong_label = argmax(s.probs);
+            x.extend(Arbiter::features(
+                s.p_ik,
+                w.confidence,
+                strong_label == Some(w.label),
+            ));
+            ys.push(strong_label == Some(cases[i].gold));
+            yw.push(w.label == cases[i].gold);
+        }
+        (x, ys, yw)
+    };
+    let fit = |rows: &[usize]| -> Option<Arbiter> {
+        let (x, ys, yw) = data(rows);
+        let varied = |y: &[bool]| y.iter().any(|b| *b) && y.iter().any(|b| !*b);
+        (ys.len() >= 30 && varied(&ys) && varied(&yw)).then(|| Arbiter {
+            strong: Logistic::fit(&x, Arbiter::DIMS, &ys, L2),
+            weak: Logistic::fit(&x, Arbiter::DIMS, &yw, L2),
+        })
+    };
+    let all = fit(&both)?;
+    let groups: Vec<u64> = both.iter().map(|&i| cases[i].group).collect();
+    let fold_of = group_folds(&groups, 5, seed ^ 0xa4b1);
+    let mut per_case: Vec<Option<Arbiter>> = vec![None; cases.len()];
+    for f in 0..5 {
+        let train: Vec<usize> = (0..both.len())
+            .filter(|&j| fold_of[j] != f)
+            .map(|j| both[j])
+            .collect();
+        let model = fit(&train);
+        for j in (0..both.len()).filter(|&j| fold_of[j] == f) {
+            per_case[both[j]] = model.clone();
+        }
+    }
+    Some((all, per_case))
+}
+
+/// Checks strong selection against the weak side alone on gold (out-of-fold values), then
+/// measures the chosen rule's confidence and fits the target-precision threshold.
+pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
+    let compare = cfg.selection == Selection::Confidence;
+    let arbiter = if compare {
+        fit_arbiter(cases, cfg.tau.to_bits() as u64)
+    } else {
+        None
+    };
+    let with = Rule {
+        strong: true,
+        compare,
+        tau: cfg.tau,
+        abstain_below: None,
+        arbiter: None,
+    };
+    // Each gold case is decided with the arbiter of its fold: out of fold.
+    let decided = |i: usize, rule: &Rule| {
+        let c = &cases[i];
+        let rule = Rule {
+            arbiter: arbiter
+                .as_ref()
+                .and_then(|(_, per_case)| per_case[i].clone()),
+            ..rule.clone()
+        };
+        decide(
+            &Inputs {
+                gold: None,
+                strong: c.strong,
+                weak: c.weak,
+            },
+            &rule,
+        )
+    };
+    let without = Rule {
+        strong: false,
+        ..with.clone()
+    };
+    let strong = if cases.iter().any(|c| c.strong.is_some()) {
+        let labels = |rule: &Rule| -> Vec<Option<usize>> {
+            (0..cases.len()).map(|i| decided(i, rule).label).collect()
+        };
+        let gold: Vec<usize> = cases.iter().map(|c| c.gold).collect();
+        let classes = cases
+            .iter()
+            .filter_map(|c| c.strong.map(|s| s.probs.len()))
+            .max()
+            .unwrap_or(0)
+            .max(gold.iter().max().map_or(0, |g| g + 1));
+        super::safeguard::check(
+            Stage::Strong,
+            cfg.strong,
+            &super::safeguard::Compared {
+                classes,
+                gold: &gold,
+                input: &labels(&without),
+                output: &labels(&with),
+            },
+            cfg.z,
+        )
+    } else {
+        super::safeguard::unavailable(
+            Stage::Strong,
+            cfg.strong,
+            "no strong predictions on gold examples yet",
+        )
+    };
+    let rule = Rule {
+        strong: strong.on,
+        ..with
+    };
+    let (mut conf, mut right) = (vec![], vec![]);
+    for (i, c) in cases.iter().enumerate() {
+        let d = decided(i, &rule);
+        match (d.label, d.confidence) {
+            (Some(l), Some(q)) => {
+                conf.push(q);
+                right.push(l == c.gold);
+            }
+            // Undecided gold examples count against coverage, never as accepted.
+            _ => {
+                conf.push(0.0);
+                right.push(false);
+            }
+        }
+    }
+    Policy {
+        strong,
+        selection: cfg.selection,
+        tau: cfg.tau,
+        arbiter: arbiter.map(|(a, _)| a),
+        target: cfg
+            .target_precision
+            .map(|t| precision_threshold(&conf, &right, t)),
+        decisions: CalibrationReport::measure(&conf, &right),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_keeps_strong_selection_only_where_it_beats_the_weak_side() {
+        // Strong is right on 80% of gold with calibrated P(IK) 0.8; the weak side on 60% with
+        // confidence 0.6: the comparison picks strong, which wins by a clear margin.
+        let probs_right = [0.1f32, 0.9];
+        let probs_wrong = [0.9f32, 0.1];
+        let cases: Vec<PolicyCase> = (0..200)
+            .map(|i| PolicyCase {
+                gold: 1,
+                strong: Some(StrongSide {
+                    probs: if i % 5 == 0 {
+                        &probs_wrong
+                    } else {
+                        &probs_right
+                    },
+                    p_ik: 0.8,
+                    calibrated: true,
+                }),
+                weak: Some(WeakSide {
+                    label: usize::from(i % 5 < 3),
+                    confidence: 0.6,
+                    calibrated: true,
+                }),
+                group: i as u64,
+            })
+            .collect();
+        let cfg = PolicyConfig {
+            strong: StageMode::Auto,
+            selection: Selection::Confidence,
+            tau: 0.5,
+            z: 1.0,
+            target_precision: Some(0.75),
+        };
+        let p = fit_policy(&cases, &cfg);
+        assert!(p.strong.on, "{:?}", p.strong);
+        assert!((p.strong.output_accuracy.unwrap() - 0.8).abs() < 1e-9);
+        let t = p.target.unwrap();
+        assert!(t.precision.unwrap() >= 0.75 && t.coverage > 0.5, "{t:?}");
+        // Where strong is worse, the stage is bypassed.
+        let worse: Vec<PolicyCase> = cases
+            .iter()
+            .map(|c| PolicyCase {
+                weak: Some(WeakSide {
+                    label: 1,
+                    confidence: 0.5,
+                    calibrated: true,
+                }),
+                ..*c
+            })
+            .collect();
+        let p = fit_policy(&worse, &cfg);
+        assert!(!p.strong.on, "{:?}", p.strong);
+        assert!(p.strong.reason.starts_with("bypassed"));
+    }
+}

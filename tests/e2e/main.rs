@@ -1,0 +1,17 @@
+//! End to end, over real sockets: the API, the service behind it and its recovery, each
+//! scenario on SQLite and on PostgreSQL (a fresh database per test), the server started from
+//! argv. One test binary, so candle, usearch and sqlx are linked once.
+
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod api;
+mod crash;
+mod decisions;
+mod deploy;
+mod fuzz;
+mod graph_recovery;
+mod jobs;
+mod label_studio;
+mod model;
