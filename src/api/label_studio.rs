@@ -13,7 +13,7 @@ use super::{ok, ApiJson, ApiPath, AppState};
 use crate::error::{Error, ErrorBody};
 use crate::service::jobs::CreateJob;
 use crate::service::label_studio::{
-    PredictRequest, PredictResponse, SetupRequest, SetupResponse, WebhookResponse,
+    LsPredictRequest, LsPredictResponse, LsSetupRequest, LsSetupResponse, LsWebhookResponse,
 };
 
 pub fn router() -> Router<AppState> {
@@ -44,12 +44,12 @@ pub async fn health(
 /// Connects a project: remembers which `Choices` control carries the task's labels (422 when
 /// none matches) and answers the active model version.
 #[utoipa::path(post, path = "/ls/{task}/setup", tag = "label_studio", params(("task" = String, Path)),
-    request_body = SetupRequest,
-    responses((status = 200, body = SetupResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    request_body = LsSetupRequest,
+    responses((status = 200, body = LsSetupResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn setup(
     State(state): State<AppState>,
     ApiPath(task): ApiPath<String>,
-    ApiJson(req): ApiJson<SetupRequest>,
+    ApiJson(req): ApiJson<LsSetupRequest>,
 ) -> Result<Response, Error> {
     Ok(ok(state.service.ls_setup(&task, req).await?))
 }
@@ -57,12 +57,12 @@ pub async fn setup(
 /// One prediction per Label Studio task, in order; the tasks are ingested as examples
 /// (`ls-<task id>`, idempotent). `score` is the probability that the label is right.
 #[utoipa::path(post, path = "/ls/{task}/predict", tag = "label_studio", params(("task" = String, Path)),
-    request_body = PredictRequest,
-    responses((status = 200, body = PredictResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    request_body = LsPredictRequest,
+    responses((status = 200, body = LsPredictResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn predict(
     State(state): State<AppState>,
     ApiPath(task): ApiPath<String>,
-    ApiJson(req): ApiJson<PredictRequest>,
+    ApiJson(req): ApiJson<LsPredictRequest>,
 ) -> Result<Response, Error> {
     Ok(ok(state.service.ls_predict(&task, req).await?))
 }
@@ -71,7 +71,7 @@ pub async fn predict(
 /// them, `START_TRAINING` queues a job; any other action is answered and ignored.
 #[utoipa::path(post, path = "/ls/{task}/webhook", tag = "label_studio", params(("task" = String, Path)),
     request_body = Object,
-    responses((status = 200, body = WebhookResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = LsWebhookResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn webhook(
     State(state): State<AppState>,
     ApiPath(task): ApiPath<String>,

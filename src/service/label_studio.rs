@@ -106,7 +106,7 @@ pub fn example_id(ls_task_id: i64) -> String {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct SetupRequest {
+pub struct LsSetupRequest {
     /// The project: a number or `"<id>.<timestamp>"`.
     #[schema(value_type = Object)]
     pub project: Value,
@@ -122,12 +122,12 @@ pub struct SetupRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SetupResponse {
+pub struct LsSetupResponse {
     pub model_version: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct PredictRequest {
+pub struct LsPredictRequest {
     /// Label Studio tasks: `{"id", "data": {<text field>: "...", "weak_labels"?: [...]}}`.
     #[schema(value_type = Vec<Object>)]
     pub tasks: Vec<Value>,
@@ -143,7 +143,7 @@ pub struct PredictRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct PredictResponse {
+pub struct LsPredictResponse {
     /// One prediction per task, in order.
     #[schema(value_type = Vec<Object>)]
     pub results: Vec<Value>,
@@ -151,7 +151,7 @@ pub struct PredictResponse {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WebhookResponse {
+pub struct LsWebhookResponse {
     /// `applied` or `ignored`.
     pub status: String,
     pub action: String,
@@ -210,7 +210,7 @@ impl Service {
         }
     }
 
-    pub async fn ls_setup(&self, task_name: &str, req: SetupRequest) -> Result<SetupResponse> {
+    pub async fn ls_setup(&self, task_name: &str, req: LsSetupRequest) -> Result<LsSetupResponse> {
         let task = self.task(task_name).await?;
         let project = project_id(&req.project).ok_or_else(|| {
             Error::invalid(
@@ -229,7 +229,7 @@ impl Service {
                 )
             })?;
         self.ls_remember(&task, &project, config).await?;
-        Ok(SetupResponse {
+        Ok(LsSetupResponse {
             model_version: self.ls_model_version(&task).await?,
         })
     }
@@ -238,8 +238,8 @@ impl Service {
     pub async fn ls_predict(
         &self,
         task_name: &str,
-        req: PredictRequest,
-    ) -> Result<PredictResponse> {
+        req: LsPredictRequest,
+    ) -> Result<LsPredictResponse> {
         let task = self.task(task_name).await?;
         let project = self
             .ls_project(&task, req.project.as_ref(), req.label_config.as_deref())
@@ -298,20 +298,20 @@ impl Service {
                 None => json!({"model_version": model_version, "score": 0.0, "result": []}),
             })
             .collect();
-        Ok(PredictResponse {
+        Ok(LsPredictResponse {
             results,
             model_version,
         })
     }
 
     /// Applies one Label Studio webhook event.
-    pub async fn ls_webhook(&self, task_name: &str, body: Value) -> Result<WebhookResponse> {
+    pub async fn ls_webhook(&self, task_name: &str, body: Value) -> Result<LsWebhookResponse> {
         let task = self.task(task_name).await?;
         let action = body["action"]
             .as_str()
             .ok_or_else(|| Error::invalid("invalid_webhook", "the event has no `action`"))?
             .to_string();
-        let answer = |status: &str, detail: Option<String>| WebhookResponse {
+        let answer = |status: &str, detail: Option<String>| LsWebhookResponse {
             status: status.into(),
             action: action.clone(),
             detail,

@@ -90,8 +90,10 @@ async fn schemathesis_finds_nothing(backend: Backend) {
                 "25",
                 "--seed",
                 "1",
+                // One worker: with two, Hypothesis's lambda-source cache races across
+                // threads on Python 3.11 and reports an internal error now and then.
                 "--workers",
-                "2",
+                "1",
                 "--phases",
                 "examples,coverage,fuzzing",
                 "--suppress-health-check",
