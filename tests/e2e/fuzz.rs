@@ -77,9 +77,12 @@ async fn schemathesis_finds_nothing(backend: Backend) {
         .await;
     assert_eq!(status, 200, "{body}");
     let report = s.dir.path().join("schemathesis");
+    // Schemathesis keeps a cache in its working directory: the test's, not the repository.
+    let workdir = s.dir.path().to_path_buf();
     let schema = s.url("/openapi.json");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(st)
+            .current_dir(workdir)
             .arg("run")
             .arg(schema)
             .args([
