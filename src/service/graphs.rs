@@ -20,7 +20,13 @@ pub struct Slot {
     pub graph: Option<TaskGraph>,
     updates_since_save: u32,
     last_save: Instant,
+    /// When the graph was last counted against the stored embeddings (see `catch_up`).
+    gaps_checked: Option<Instant>,
 }
+
+/// How often a request may pay for counting the task's stored embeddings: rows another
+/// process committed out of id order join the graph within this long of the next request.
+const GAP_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub struct Registry {
@@ -37,6 +43,7 @@ impl Registry {
                     graph: None,
                     updates_since_save: 0,
                     last_save: Instant::now(),
+                    gaps_checked: None,
                 }))
             })
             .clone()
@@ -137,13 +144,21 @@ impl Service {
             let graph = self.load_graph(task, &encoder_id).await?;
             slot.graph = Some(graph);
             slot.updates_since_save = 1;
+            // Loading reconciled the whole id set.
+            slot.gaps_checked = Some(Instant::now());
         }
+        let check_gaps = slot
+            .gaps_checked
+            .is_none_or(|t| t.elapsed() >= GAP_CHECK_EVERY);
         let graph = slot
             .graph
             .as_mut()
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("graph missing")))?;
         self.apply_prior(task, graph).await?;
-        self.catch_up(task, graph).await?;
+        self.catch_up(task, graph, check_gaps).await?;
+        if check_gaps {
+            slot.gaps_checked = Some(Instant::now());
+        }
         Ok(slot)
     }
 
@@ -259,11 +274,20 @@ impl Service {
     }
 
     /// Adds embedded examples the graph lacks: first those above its newest node (the
-    /// common case, cheap), then, when the count of stored embeddings still differs from the
-    /// graph's, any others (rows that committed out of id order, from another process or
-    /// across a crash).
-    async fn catch_up(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
+    /// common case, cheap), then, with `check_gaps`, when the count of stored embeddings
+    /// still differs from the graph's, any others (rows that committed out of id order, from
+    /// another process or across a crash). Counting scans the task's rows, so requests do it
+    /// at most every `GAP_CHECK_EVERY`.
+    async fn catch_up(
+        &self,
+        task: &TaskCtx,
+        graph: &mut TaskGraph,
+        check_gaps: bool,
+    ) -> Result<()> {
         self.catch_up_newer(task, graph).await?;
+        if !check_gaps {
+            return Ok(());
+        }
         let stored =
             examples::embedded_count(self.store.pool(), task.id, &graph.encoder_id).await?;
         if stored as usize != graph.len() {

@@ -43,28 +43,18 @@ async fn ingest(
     }
 }
 
-/// Refined labels by example id, read back through the paged list.
+/// Refined labels by example id.
 async fn refined_labels(s: &TestServer, task: &str) -> std::collections::HashMap<String, String> {
-    let mut out = std::collections::HashMap::new();
-    let mut cursor = String::new();
-    loop {
-        let (status, page) = s
-            .get(&format!(
-                "/v1/tasks/{task}/examples?limit=1000&after={cursor}"
-            ))
-            .await;
-        assert_eq!(status, 200);
-        for e in page["examples"].as_array().unwrap() {
-            out.insert(
+    crate::data::all_examples(s, task)
+        .await
+        .iter()
+        .map(|e| {
+            (
                 e["id"].as_str().unwrap().to_string(),
                 e["refined_label"].as_str().unwrap_or("").to_string(),
-            );
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = c.to_string(),
-            None => return out,
-        }
-    }
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
