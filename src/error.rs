@@ -192,9 +192,15 @@ impl IntoResponse for Error {
             _ => None,
         };
         if matches!(self, Error::Unauthorized) {
-            response.headers_mut().insert(
+            // Bearer for API clients; Basic so that a browser opening /ui asks for the key.
+            let headers = response.headers_mut();
+            headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"sw2s\""),
+            );
+            headers.append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"sw2s\", charset=\"UTF-8\""),
             );
         }
         if let Some(secs) = retry_after {

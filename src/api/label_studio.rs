@@ -13,7 +13,8 @@ use super::{ok, ApiJson, ApiPath, AppState};
 use crate::error::{Error, ErrorBody};
 use crate::service::jobs::CreateJob;
 use crate::service::label_studio::{
-    LsPredictRequest, LsPredictResponse, LsSetupRequest, LsSetupResponse, LsWebhookResponse,
+    LsPredictRequest, LsPredictResponse, LsSetupRequest, LsSetupResponse, LsValidateRequest,
+    LsWebhookResponse,
 };
 
 pub fn router() -> Router<AppState> {
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/ls/{task}/", get(health))
         .route("/ls/{task}/health", get(health))
         .route("/ls/{task}/setup", post(setup))
+        .route("/ls/{task}/validate", post(validate))
         .route("/ls/{task}/predict", post(predict))
         .route("/ls/{task}/webhook", post(webhook))
         .route("/ls/{task}/train", post(train))
@@ -52,6 +54,18 @@ pub async fn setup(
     ApiJson(req): ApiJson<LsSetupRequest>,
 ) -> Result<Response, Error> {
     Ok(ok(state.service.ls_setup(&task, req).await?))
+}
+
+/// Checks a label config before Label Studio connects a project (422 naming what it found).
+#[utoipa::path(post, path = "/ls/{task}/validate", tag = "label_studio", params(("task" = String, Path)),
+    request_body = LsValidateRequest,
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn validate(
+    State(state): State<AppState>,
+    ApiPath(task): ApiPath<String>,
+    ApiJson(req): ApiJson<LsValidateRequest>,
+) -> Result<Response, Error> {
+    Ok(ok(state.service.ls_validate(&task, req).await?))
 }
 
 /// One prediction per Label Studio task, in order; the tasks are ingested as examples

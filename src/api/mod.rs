@@ -2,6 +2,7 @@
 //! Handlers only validate the shape of a request, call the service and map its errors.
 
 pub mod auth;
+pub mod dashboard;
 pub mod decisions;
 pub mod examples;
 pub mod health;
@@ -11,6 +12,7 @@ pub mod models;
 pub mod predict;
 pub mod sources;
 pub mod tasks;
+pub mod ui;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -81,13 +83,17 @@ pub fn router(service: Arc<Service>, config: &HttpConfig) -> Router {
         .merge(jobs::router())
         .merge(models::router())
         .merge(sources::router())
+        .merge(dashboard::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let ui = ui::router().route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let ls =
         label_studio::router().route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(health::router())
         .nest("/v1", v1)
         .merge(ls)
+        .merge(ui)
+        .merge(ui::assets_router())
         .fallback(|| async { Error::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(
@@ -112,7 +118,11 @@ pub fn router(service: Arc<Service>, config: &HttpConfig) -> Router {
 /// API-key auth for /v1 (see `auth`): the caller's key, its scope and its tasks.
 async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let path = path.strip_prefix("/v1").unwrap_or(path);
+    // /ui pages are read like the API resources they show (`/ui/tasks/t` as `/tasks/t`).
+    let path = path
+        .strip_prefix("/v1")
+        .or_else(|| path.strip_prefix("/ui"))
+        .unwrap_or(path);
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -335,8 +345,10 @@ impl Modify for ErrorResponses {
         sources::sources,
         sources::report,
         sources::graph,
+        dashboard::dashboard,
         label_studio::health,
         label_studio::setup,
+        label_studio::validate,
         label_studio::predict,
         label_studio::webhook,
         label_studio::train,

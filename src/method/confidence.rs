@@ -14,7 +14,10 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::metrics::{auroc, brier, ece};
+use super::metrics::{
+    auroc, auroc_null_se, brier, ece, precision_coverage, reliability, CoveragePoint,
+    ReliabilityBin,
+};
 use super::weak::argmax;
 
 /// A logistic model P(y = 1 | x) = σ(w·x + b), fitted by Newton's method with an L2 penalty
@@ -141,6 +144,12 @@ pub struct CalibrationReport {
     pub auroc: Option<f64>,
     pub ece: Option<f64>,
     pub brier: Option<f64>,
+    /// Reliability diagram (10 bins) of the same values.
+    #[serde(default)]
+    pub reliability: Vec<ReliabilityBin>,
+    /// Precision against coverage as the confidence threshold falls (up to 20 points).
+    #[serde(default)]
+    pub precision_coverage: Vec<CoveragePoint>,
 }
 
 impl CalibrationReport {
@@ -152,6 +161,8 @@ impl CalibrationReport {
             auroc: auroc(confidence, right),
             ece: (n > 0).then(|| ece(confidence, right, 10)),
             brier: (n > 0).then(|| brier(confidence, right)),
+            reliability: reliability(confidence, right, 10),
+            precision_coverage: precision_coverage(confidence, right, 20),
         }
     }
 }
@@ -304,11 +315,44 @@ pub fn fit_trust(
     let dims = trust_dims(classes);
     let x: Vec<f32> = features.iter().flatten().copied().collect();
     let (model, oof) = cross_fit(&x, dims, right, groups, 5, L2, seed);
+    // Kept only where it beats the weak side's plain rate of being right, out of fold (leave
+    // one out); a model that learned noise would rank labels no better than chance and say so
+    // with confidence. The rate itself is calibrated in the large.
+    let rate = positives as f64 / n as f64;
+    let loo_rate: Vec<f32> = right
+        .iter()
+        .map(|&r| ((positives - usize::from(r)) as f64 / (n - 1) as f64) as f32)
+        .collect();
+    let (model_brier, rate_brier) = (brier(&oof, right), brier(&loo_rate, right));
+    // It must also rank: AUROC above chance by a one-sided 95% margin of its null spread.
+    let needed_auroc = 0.5 + PRECISION_Z * auroc_null_se(positives, n - positives);
+    let model_auroc = auroc(&oof, right).unwrap_or(0.5);
+    if model_brier >= rate_brier || model_auroc <= needed_auroc {
+        let constant = Logistic {
+            weight: vec![0.0; dims],
+            bias: (rate / (1.0 - rate)).ln(),
+        };
+        return TrustFit {
+            model: Some(TrustModel {
+                classes,
+                model: constant,
+            }),
+            // The constant itself, not its leave-one-out values: those rank the gold examples
+            // backwards by construction and would mislead what is fitted on them.
+            report: CalibrationReport::measure(&vec![rate as f32; n], right),
+            oof: vec![rate as f32; n],
+            reason: format!(
+                "on {n} gold examples a trained model did not beat the weak side's rate of being right out of fold (Brier {model_brier:.3} against {rate_brier:.3}, AUROC {model_auroc:.3} where {needed_auroc:.3} was needed): every weak-side decision gets that rate, {rate:.3}"
+            ),
+        };
+    }
     TrustFit {
         model: Some(TrustModel { classes, model }),
         report: CalibrationReport::measure(&oof, right),
         oof,
-        reason: format!("trained on {n} gold examples (cross-fitted, 5 folds)"),
+        reason: format!(
+            "trained on {n} gold examples (cross-fitted, 5 folds; Brier {model_brier:.3} against {rate_brier:.3} for the plain rate, AUROC {model_auroc:.3})"
+        ),
     }
 }
 
@@ -424,6 +468,37 @@ mod tests {
         let out = (0..n).filter(|&i| (oof[i] > 0.5) == y[i]).count();
         assert!(in_sample > 95, "{in_sample}");
         assert!(out < 70, "out of fold should be near chance: {out}");
+    }
+
+    #[test]
+    fn a_trust_model_that_learned_noise_gives_way_to_the_plain_rate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let dims = trust_dims(2);
+        let n = 80;
+        let groups: Vec<u64> = (0..n as u64).collect();
+        // Features unrelated to being right.
+        let noise: Vec<Vec<f32>> = (0..n)
+            .map(|_| (0..dims).map(|_| rng.gen::<f32>()).collect())
+            .collect();
+        let right: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.7)).collect();
+        let fit = fit_trust(2, &noise, &right, &groups, 20, 1);
+        let rate = right.iter().filter(|r| **r).count() as f32 / n as f32;
+        let m = fit.model.as_ref().expect("a model");
+        assert!(m.model.weight.iter().all(|w| *w == 0.0), "{}", fit.reason);
+        assert!((m.model.predict(&noise[0]) - rate).abs() < 1e-5);
+        assert!(fit.reason.contains("did not beat"), "{}", fit.reason);
+        // Features that tell: the model is kept.
+        let telling: Vec<Vec<f32>> = right
+            .iter()
+            .map(|&r| {
+                let mut f = vec![0.5; dims];
+                f[0] = if r { 0.9 } else { 0.2 } + rng.gen::<f32>() * 0.1;
+                f
+            })
+            .collect();
+        let fit = fit_trust(2, &telling, &right, &groups, 20, 1);
+        assert!(fit.reason.starts_with("trained"), "{}", fit.reason);
+        assert!(fit.report.auroc.unwrap() > 0.9);
     }
 
     #[test]

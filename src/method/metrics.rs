@@ -1,5 +1,9 @@
 //! Evaluation metrics: accuracy, macro-F1 and balanced accuracy (which imbalanced tasks need
-//! beside accuracy), AUROC, expected calibration error, Brier score.
+//! beside accuracy), AUROC, expected calibration error, Brier score, and the two curves a
+//! reader of a confidence wants drawn: reliability bins and precision against coverage.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub fn accuracy(pred: &[usize], gold: &[usize]) -> f64 {
     if gold.is_empty() {
@@ -43,19 +47,10 @@ pub fn ece(probs: &[f32], outcomes: &[bool], bins: usize) -> f64 {
     if probs.is_empty() {
         return f64::NAN;
     }
-    let mut count = vec![0usize; bins];
-    let mut conf = vec![0f64; bins];
-    let mut hits = vec![0f64; bins];
-    for (&p, &o) in probs.iter().zip(outcomes) {
-        let b = ((p.clamp(0.0, 1.0) * bins as f32) as usize).min(bins - 1);
-        count[b] += 1;
-        conf[b] += p as f64;
-        hits[b] += o as u8 as f64;
-    }
     let n = probs.len() as f64;
-    (0..bins)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (count[b] as f64 / n) * ((conf[b] - hits[b]) / count[b] as f64).abs())
+    reliability(probs, outcomes, bins)
+        .iter()
+        .map(|b| (b.count as f64 / n) * (b.confidence - b.accuracy).abs())
         .sum()
 }
 
@@ -128,6 +123,87 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The standard deviation of the AUROC of an uninformative score (Mann–Whitney under the
+/// null) with `pos` positives and `neg` negatives; 0.5 when a class is empty (nothing to rank).
+pub fn auroc_null_se(pos: usize, neg: usize) -> f64 {
+    if pos == 0 || neg == 0 {
+        return 0.5;
+    }
+    let (p, q) = (pos as f64, neg as f64);
+    ((p + q + 1.0) / (12.0 * p * q)).sqrt()
+}
+
+/// One bin of a reliability diagram: the examples whose confidence fell in `[lo, hi)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReliabilityBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    /// Mean confidence in the bin.
+    pub confidence: f64,
+    /// Share right in the bin.
+    pub accuracy: f64,
+}
+
+/// The non-empty bins of `bins` equal-width confidence bins (the ones `ece` sums over).
+pub fn reliability(probs: &[f32], outcomes: &[bool], bins: usize) -> Vec<ReliabilityBin> {
+    let mut count = vec![0usize; bins];
+    let mut conf = vec![0f64; bins];
+    let mut hits = vec![0f64; bins];
+    for (&p, &o) in probs.iter().zip(outcomes) {
+        let b = ((p.clamp(0.0, 1.0) * bins as f32) as usize).min(bins - 1);
+        count[b] += 1;
+        conf[b] += p as f64;
+        hits[b] += o as u8 as f64;
+    }
+    (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| ReliabilityBin {
+            lo: b as f64 / bins as f64,
+            hi: (b + 1) as f64 / bins as f64,
+            count: count[b],
+            confidence: conf[b] / count[b] as f64,
+            accuracy: hits[b] / count[b] as f64,
+        })
+        .collect()
+}
+
+/// A point of the precision-versus-coverage curve: keeping the examples whose confidence is at
+/// least `threshold` covers `coverage` of them with `precision` right.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CoveragePoint {
+    pub threshold: f64,
+    pub coverage: f64,
+    pub precision: f64,
+}
+
+/// The curve at (at most) `points` coverages, from the most confident example to all of them.
+pub fn precision_coverage(probs: &[f32], outcomes: &[bool], points: usize) -> Vec<CoveragePoint> {
+    let n = probs.len();
+    if n == 0 || points == 0 {
+        return vec![];
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut right = 0usize;
+    let mut out: Vec<CoveragePoint> = Vec::with_capacity(points);
+    let step = n.div_ceil(points).max(1);
+    for (k, &i) in idx.iter().enumerate() {
+        right += outcomes[i] as usize;
+        let kept = k + 1;
+        // A cut between equal confidences is not a threshold anyone can pick.
+        let tie_follows = idx.get(k + 1).is_some_and(|&j| probs[j] == probs[i]);
+        if (kept % step == 0 || kept == n) && !tie_follows {
+            out.push(CoveragePoint {
+                threshold: probs[i] as f64,
+                coverage: kept as f64 / n as f64,
+                precision: right as f64 / kept as f64,
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +264,53 @@ mod tests {
         assert_eq!(accuracy(&[1, 0, 1, 1], &[1, 1, 1, 0]), 0.5);
         let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
         assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reliability_bins_match_ece() {
+        let p = [0.05, 0.15, 0.9, 0.95, 0.92, 0.55];
+        let o = [false, false, true, true, false, true];
+        let bins = reliability(&p, &o, 10);
+        assert_eq!(bins.iter().map(|b| b.count).sum::<usize>(), 6);
+        let top = bins.iter().find(|b| b.lo == 0.9).unwrap();
+        assert_eq!(top.count, 3);
+        assert!((top.accuracy - 2.0 / 3.0).abs() < 1e-9);
+        // |0.05 - 0| + |0.15 - 0| + |0.55 - 1| + 3 · |0.9233 - 0.6667|, over 6.
+        assert!((ece(&p, &o, 10) - 1.42 / 6.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn precision_falls_as_coverage_grows_on_a_calibrated_order() {
+        let p = [0.99, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3];
+        let o = [true, true, true, true, false, true, false, false];
+        let curve = precision_coverage(&p, &o, 4);
+        assert_eq!(curve.len(), 4);
+        assert_eq!(curve[0].coverage, 0.25);
+        assert_eq!(curve[0].precision, 1.0);
+        assert_eq!(curve[0].threshold, 0.9f32 as f64);
+        let last = curve.last().unwrap();
+        assert_eq!((last.coverage, last.precision), (1.0, 5.0 / 8.0));
+        // Ties are never split.
+        let tied = precision_coverage(&[0.5, 0.5, 0.5], &[true, false, true], 3);
+        assert_eq!(tied.len(), 1);
+        assert!(precision_coverage(&[], &[], 5).is_empty());
+    }
+
+    #[test]
+    fn the_null_spread_of_auroc_matches_a_simulation() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let labels: Vec<bool> = (0..100).map(|i| i < 40).collect();
+        let runs: Vec<f64> = (0..2000)
+            .map(|_| {
+                let scores: Vec<f32> = (0..100).map(|_| rng.gen()).collect();
+                auroc(&scores, &labels).unwrap()
+            })
+            .collect();
+        let mean = runs.iter().sum::<f64>() / runs.len() as f64;
+        let sd = (runs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / runs.len() as f64).sqrt();
+        let se = auroc_null_se(40, 60);
+        assert!((sd - se).abs() < 0.1 * se, "simulated {sd}, formula {se}");
+        assert_eq!(auroc_null_se(0, 5), 0.5);
     }
 }

@@ -8,7 +8,9 @@ use utoipa::ToSchema;
 
 use super::confidence::{group_folds, Logistic, L2};
 use super::heads::{sigmoid, LinearHead, PikHead};
-use super::metrics::{auroc, brier, ece};
+use super::metrics::{
+    auroc, brier, ece, precision_coverage, reliability, CoveragePoint, ReliabilityBin,
+};
 use super::rule::{fit_tau, TauSample};
 use super::training::{train_logistic, TrainConfig};
 use super::weak::argmax;
@@ -151,6 +153,12 @@ pub struct PikReport {
     pub brier: Option<f64>,
     /// The maximum softmax probability on the same samples, for comparison.
     pub msp_auroc: Option<f64>,
+    /// Reliability diagram (10 bins) of the out-of-fold P(IK).
+    #[serde(default)]
+    pub reliability: Vec<ReliabilityBin>,
+    /// Precision of the strong model against coverage as a P(IK) threshold falls.
+    #[serde(default)]
+    pub precision_coverage: Vec<CoveragePoint>,
     pub tau: f32,
     /// `fixed` or `fitted`.
     pub tau_source: String,
@@ -267,6 +275,8 @@ pub fn train_pik(samples: &[PikSample], cfg: &PikConfig) -> anyhow::Result<PikOu
         ece: (n > 0).then(|| ece(&oof, &correct, 10)),
         brier: (n > 0).then(|| brier(&oof, &correct)),
         msp_auroc: auroc(&msp_all, &correct),
+        reliability: reliability(&oof, &correct, 10),
+        precision_coverage: precision_coverage(&oof, &correct, 20),
         tau,
         tau_source: tau_source.into(),
     };

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use super::ingest::aggregate_of;
 use super::{dist_json, parse_dist, Service, TaskCtx};
 use crate::error::Result;
+use crate::method::weak::argmax;
 use futures::TryStreamExt;
 
 use crate::store::now_ms;
@@ -52,7 +53,8 @@ impl Service {
                     _ => false,
                 };
                 if !same {
-                    updates.push((id, new.as_deref().map(dist_json)));
+                    let label = new.as_deref().and_then(argmax).map(|l| l as i64);
+                    updates.push((id, new.as_deref().map(dist_json), label));
                 }
             }
             if updates.is_empty() {
@@ -61,8 +63,8 @@ impl Service {
             changed += updates.len();
             let mut tx = self.store.begin_task_write(task.id).await?;
             let now = now_ms();
-            for (id, weak) in &updates {
-                examples::set_weak_aggregate(tx.conn(), *id, weak.as_deref(), now).await?;
+            for (id, weak, label) in &updates {
+                examples::set_weak_aggregate(tx.conn(), *id, weak.as_deref(), *label, now).await?;
             }
             tx.commit().await?;
         }

@@ -44,10 +44,13 @@ pub struct PredictionView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NeighbourView {
     pub id: String,
+    pub text: String,
     /// Cosine similarity of the embeddings.
     pub similarity: f32,
     pub weak: Option<LabelScores>,
     pub gold_label: Option<String>,
+    /// Its current decision's label.
+    pub decision_label: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -218,9 +221,11 @@ impl Service {
                 let r = rows.get(id)?;
                 Some(NeighbourView {
                     id: r.external_id.clone(),
+                    text: r.text.clone(),
                     similarity: *sim,
                     weak: parse_dist(r.weak.as_deref()).map(|w| task.label_scores(&w)),
                     gold_label: task.name_of(r.gold_label),
+                    decision_label: task.name_of(r.decision_label),
                 })
             })
             .collect();

@@ -304,8 +304,10 @@ impl Service {
         }
         if !weak.is_empty() {
             let all = weak_labels::weak_labels(tx.conn(), &[example_id]).await?;
-            let agg = aggregate_of(pipeline, &all, task.k()).map(|a| dist_json(&a));
-            examples::set_weak_aggregate(tx.conn(), example_id, agg.as_deref(), now).await?;
+            let agg = aggregate_of(pipeline, &all, task.k());
+            let label = agg.as_deref().and_then(argmax).map(|l| l as i64);
+            let agg = agg.map(|a| dist_json(&a));
+            examples::set_weak_aggregate(tx.conn(), example_id, agg.as_deref(), label, now).await?;
         }
         if let Some(g) = gold {
             examples::set_gold(tx.conn(), example_id, g as i64, now).await?;

@@ -127,6 +127,12 @@ pub struct LsSetupResponse {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+pub struct LsValidateRequest {
+    /// The label config (XML) Label Studio is about to connect.
+    pub config: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct LsPredictRequest {
     /// Label Studio tasks: `{"id", "data": {<text field>: "...", "weak_labels"?: [...]}}`.
     #[schema(value_type = Vec<Object>)]
@@ -234,6 +240,19 @@ impl Service {
         })
     }
 
+    /// Label Studio's config check before it connects a project: 422 unless some `Choices`
+    /// control has exactly the task's labels. Nothing is remembered.
+    pub async fn ls_validate(&self, task_name: &str, req: LsValidateRequest) -> Result<Value> {
+        let task = self.task(task_name).await?;
+        let control = parse_label_config(&req.config, &task.labels)?;
+        Ok(json!({
+            "status": "ok",
+            "from_name": control.from_name,
+            "to_name": control.to_name,
+            "text_field": control.text_field,
+        }))
+    }
+
     /// Ingests Label Studio's tasks as examples and answers each one's decision.
     pub async fn ls_predict(
         &self,
@@ -317,89 +336,87 @@ impl Service {
             detail,
         };
         match action.as_str() {
-            "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" => {
-                let ls_task = &body["task"];
-                let ls_id = ls_task["id"]
-                    .as_i64()
-                    .or_else(|| body["annotation"]["task"].as_i64())
-                    .ok_or_else(|| Error::invalid("invalid_webhook", "the event has no task id"))?;
-                let annotation = &body["annotation"];
-                if annotation["was_cancelled"] == true {
-                    return Ok(answer("ignored", Some("the annotation was skipped".into())));
-                }
+            "ANNOTATION_CREATED" | "ANNOTATION_UPDATED" | "ANNOTATIONS_CREATED" => {
                 let config = body["project"]["label_config"].as_str();
                 let project = self.ls_project(&task, body.get("project"), config).await?;
-                let label = annotation["result"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|r| r["from_name"] == project.from_name.as_str())
-                    .find_map(|r| r["value"]["choices"].get(0).and_then(Value::as_str))
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "invalid_webhook",
-                            format!("the annotation has no choice from {:?}", project.from_name),
-                        )
-                    })?
-                    .to_string();
-                let id = example_id(ls_id);
-                // An annotation on a task never predicted: the example is created from its data.
-                if examples::by_external_id(self.store.pool(), task.id, &id)
-                    .await?
-                    .is_none()
-                {
-                    let text = ls_task["data"][&project.text_field]
-                        .as_str()
+                let ls_tasks = one_or_many(&body["task"]);
+                let mut applied = Vec::new();
+                for annotation in one_or_many(&body["annotation"]) {
+                    let ls_id = annotation["task"]
+                        .as_i64()
+                        .or_else(|| annotation["task"]["id"].as_i64())
+                        .or_else(|| match ls_tasks.as_slice() {
+                            [only] => only["id"].as_i64(),
+                            _ => None,
+                        })
                         .ok_or_else(|| {
-                            Error::invalid(
-                                "invalid_webhook",
-                                format!(
-                                    "example {id} is unknown and task.data.{} has no text",
-                                    project.text_field
-                                ),
-                            )
+                            Error::invalid("invalid_webhook", "an annotation has no task id")
                         })?;
-                    self.ingest(
-                        task_name,
-                        IngestRequest {
-                            examples: vec![NewExample {
-                                id: id.clone(),
-                                text: text.into(),
-                                weak_labels: vec![],
-                                gold_label: None,
-                            }],
-                        },
-                    )
-                    .await?;
+                    let ls_task = ls_tasks
+                        .iter()
+                        .find(|t| t["id"].as_i64() == Some(ls_id))
+                        .copied()
+                        .unwrap_or(&Value::Null);
+                    if let Some(done) = self
+                        .ls_annotation(&task, &project, annotation, ls_id, ls_task)
+                        .await?
+                    {
+                        applied.push(done);
+                    }
                 }
-                self.set_gold(
-                    task_name,
-                    &id,
-                    super::ingest::GoldRequest {
-                        label: label.clone(),
-                    },
-                )
-                .await?;
-                Ok(answer("applied", Some(format!("{id}: gold {label:?}"))))
+                if applied.is_empty() {
+                    return Ok(answer("ignored", Some("the annotation was skipped".into())));
+                }
+                Ok(answer("applied", Some(applied.join("; "))))
             }
             "ANNOTATION_DELETED" | "ANNOTATIONS_DELETED" => {
-                let mut withdrawn = 0;
-                let annotations = body["annotations"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_else(|| vec![body["annotation"].clone()]);
-                for a in &annotations {
-                    let Some(ls_id) = a["task"].as_i64().or_else(|| a["task"]["id"].as_i64())
-                    else {
-                        continue;
+                let mut affected = BTreeSet::new();
+                let annotations = match body.get("annotations") {
+                    Some(a) => one_or_many(a),
+                    None => one_or_many(&body["annotation"]),
+                };
+                for a in annotations {
+                    // Label Studio sends only the annotation's id; older payloads carry the task.
+                    let known = match a["id"].as_i64() {
+                        Some(annotation_id) => {
+                            super::retry::on_conflict("label studio annotation", || async {
+                                let mut tx = self.store.begin_write().await?;
+                                let known =
+                                    projects::remove_annotation(tx.conn(), task.id, annotation_id)
+                                        .await?;
+                                tx.commit().await?;
+                                Ok(known)
+                            })
+                            .await?
+                        }
+                        None => None,
                     };
-                    if self.withdraw_gold(&task, &example_id(ls_id)).await? {
-                        withdrawn += 1;
+                    let from_task = a["task"]
+                        .as_i64()
+                        .or_else(|| a["task"]["id"].as_i64())
+                        .map(example_id);
+                    if let Some(id) = known.or(from_task) {
+                        affected.insert(id);
+                    }
+                }
+                let mut withdrawn = 0;
+                let mut kept = 0;
+                for id in &affected {
+                    // Another annotation of the same task still stands: its label stays gold.
+                    match projects::latest_label(self.store.pool(), task.id, id).await? {
+                        Some(label) => {
+                            self.set_gold(task_name, id, super::ingest::GoldRequest { label })
+                                .await?;
+                            kept += 1;
+                        }
+                        None => withdrawn += usize::from(self.withdraw_gold(&task, id).await?),
                     }
                 }
                 Ok(answer(
                     "applied",
-                    Some(format!("{withdrawn} gold label(s) withdrawn")),
+                    Some(format!(
+                        "{withdrawn} gold label(s) withdrawn, {kept} kept from another annotation"
+                    )),
                 ))
             }
             "START_TRAINING" => match self.create_job(task_name, CreateJob { mode: None }).await {
@@ -409,6 +426,83 @@ impl Service {
             },
             _ => Ok(answer("ignored", None)),
         }
+    }
+
+    /// Applies one annotation as the example's gold label (creating the example from the Label
+    /// Studio task's data when it was never predicted); None when it was skipped.
+    async fn ls_annotation(
+        &self,
+        task: &TaskCtx,
+        project: &ProjectRow,
+        annotation: &Value,
+        ls_id: i64,
+        ls_task: &Value,
+    ) -> Result<Option<String>> {
+        if annotation["was_cancelled"] == true {
+            return Ok(None);
+        }
+        let label = annotation["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["from_name"] == project.from_name.as_str())
+            .find_map(|r| r["value"]["choices"].get(0).and_then(Value::as_str))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "invalid_webhook",
+                    format!("the annotation has no choice from {:?}", project.from_name),
+                )
+            })?
+            .to_string();
+        let id = example_id(ls_id);
+        if examples::by_external_id(self.store.pool(), task.id, &id)
+            .await?
+            .is_none()
+        {
+            let text = ls_task["data"][&project.text_field]
+                .as_str()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "invalid_webhook",
+                        format!(
+                            "example {id} is unknown and task.data.{} has no text",
+                            project.text_field
+                        ),
+                    )
+                })?;
+            let examples = vec![NewExample {
+                id: id.clone(),
+                text: text.into(),
+                weak_labels: vec![],
+                gold_label: None,
+            }];
+            self.ingest(&task.name, IngestRequest { examples }).await?;
+        }
+        self.set_gold(
+            &task.name,
+            &id,
+            super::ingest::GoldRequest {
+                label: label.clone(),
+            },
+        )
+        .await?;
+        if let Some(annotation_id) = annotation["id"].as_i64() {
+            super::retry::on_conflict("label studio annotation", || async {
+                let mut tx = self.store.begin_write().await?;
+                projects::upsert_annotation(
+                    tx.conn(),
+                    task.id,
+                    annotation_id,
+                    &id,
+                    &label,
+                    now_ms(),
+                )
+                .await?;
+                Ok(tx.commit().await?)
+            })
+            .await?;
+        }
+        Ok(Some(format!("{id}: gold {label:?}")))
     }
 
     /// Removes an example's gold label; false when it had none or does not exist.
@@ -442,6 +536,15 @@ impl Service {
             "versions": versions,
             "model_version": list.active_version.map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
         }))
+    }
+}
+
+/// A webhook field that is one object in some events and a list in others.
+fn one_or_many(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(items) => items.iter().collect(),
+        Value::Null => vec![],
+        one => vec![one],
     }
 }
 

@@ -2,6 +2,7 @@
 //! method. HTTP handlers call it; so do the job runner and the experiment command.
 
 pub mod aggregates;
+pub mod dashboard;
 pub mod decide;
 pub mod examples;
 pub mod export;

@@ -159,19 +159,24 @@ pub async fn weak_page<'c, E: Executor<'c, Database = Any>>(
     .await
 }
 
-/// Stores the weak aggregate and marks the example for a new decision.
+/// Stores the weak aggregate (and its argmax, which label shares count) and marks the example
+/// for a new decision.
 pub async fn set_weak_aggregate(
     conn: &mut AnyConnection,
     id: i64,
     weak: Option<&str>,
+    weak_label: Option<i64>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE examples SET weak = $1, dirty = 1, updated_at = $2 WHERE id = $3")
-        .bind(weak)
-        .bind(now)
-        .bind(id)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE examples SET weak = $1, weak_label = $2, dirty = 1, updated_at = $3 WHERE id = $4",
+    )
+    .bind(weak)
+    .bind(weak_label)
+    .bind(now)
+    .bind(id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

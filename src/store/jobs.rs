@@ -151,24 +151,32 @@ pub async fn heartbeat(
     Ok(cancel.map(|c| c != 0).unwrap_or(true))
 }
 
+/// How a job ended.
+pub struct Finished<'a> {
+    pub state: &'a str,
+    /// The last progress, with its loss curve.
+    pub progress: &'a str,
+    pub metrics: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub model_version_id: Option<i64>,
+}
+
 pub async fn finish(
     conn: &mut AnyConnection,
     id: i64,
-    state: &str,
-    metrics: Option<&str>,
-    error: Option<&str>,
-    model_version_id: Option<i64>,
+    f: Finished<'_>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE jobs SET state = $1, metrics = $2, error = $3, model_version_id = $4, \
-         finished_at = $5, heartbeat_at = $5 WHERE id = $6",
+         finished_at = $5, heartbeat_at = $5, progress = $6 WHERE id = $7",
     )
-    .bind(state)
-    .bind(metrics)
-    .bind(error)
-    .bind(model_version_id)
+    .bind(f.state)
+    .bind(f.metrics)
+    .bind(f.error)
+    .bind(f.model_version_id)
     .bind(now)
+    .bind(f.progress)
     .bind(id)
     .execute(conn)
     .await?;

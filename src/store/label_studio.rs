@@ -48,3 +48,60 @@ pub async fn get<'c, E: Executor<'c, Database = Any>>(
     .fetch_optional(ex)
     .await
 }
+
+/// Remembers which example (and label) a Label Studio annotation set.
+pub async fn upsert_annotation(
+    conn: &mut AnyConnection,
+    task_id: i64,
+    annotation_id: i64,
+    example_id: &str,
+    label: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO label_studio_annotations (task_id, annotation_id, example_id, label, updated_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (task_id, annotation_id) DO UPDATE SET example_id = excluded.example_id, \
+         label = excluded.label, updated_at = excluded.updated_at",
+    )
+    .bind(task_id)
+    .bind(annotation_id)
+    .bind(example_id)
+    .bind(label)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets a deleted annotation; answers the example it had labelled, if it was known.
+pub async fn remove_annotation(
+    conn: &mut AnyConnection,
+    task_id: i64,
+    annotation_id: i64,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM label_studio_annotations WHERE task_id = $1 AND annotation_id = $2 \
+         RETURNING example_id",
+    )
+    .bind(task_id)
+    .bind(annotation_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The label of the example's most recent remaining annotation.
+pub async fn latest_label<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+    example_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT label FROM label_studio_annotations WHERE task_id = $1 AND example_id = $2 \
+         ORDER BY updated_at DESC, annotation_id DESC LIMIT 1",
+    )
+    .bind(task_id)
+    .bind(example_id)
+    .fetch_optional(ex)
+    .await
+}

@@ -4,6 +4,7 @@
 //! `BIGINT`-compatible integers, `ON CONFLICT` upserts and `RETURNING`. Only the migrations
 //! differ (`migrations/sqlite`, `migrations/postgres`). Times are Unix milliseconds.
 
+pub mod dashboard;
 pub mod decisions;
 pub mod examples;
 pub mod jobs;

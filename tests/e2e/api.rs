@@ -580,9 +580,18 @@ async fn scoped_keys_guard_v1_but_not_health() {
         return;
     };
     let none = call(&s, Method::GET, "/v1/tasks", None, None).await;
+    let challenges: Vec<&str> = none
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(
-        none.headers()["www-authenticate"].to_str().unwrap(),
-        "Bearer realm=\"sw2s\""
+        challenges,
+        [
+            "Bearer realm=\"sw2s\"",
+            "Basic realm=\"sw2s\", charset=\"UTF-8\""
+        ]
     );
     assert_error(&crate::common::status_json(none).await, 401, "unauthorized");
     let wrong = call(&s, Method::GET, "/v1/tasks", Some("nope"), None).await;
@@ -610,6 +619,35 @@ async fn scoped_keys_guard_v1_but_not_health() {
         .await;
         assert_eq!(r.status(), 201);
     }
+    // The dashboard: the same keys (a browser sends them as Basic), assets for everyone, and a
+    // key bound to task a does not see task b's page.
+    let page = |path: &str, user_key: Option<&str>| {
+        let mut r = s.client.get(s.url(path));
+        if let Some(k) = user_key {
+            r = r.basic_auth("lead", Some(k));
+        }
+        r.send()
+    };
+    assert_eq!(page("/ui/", None).await.unwrap().status(), 401);
+    let ok = page("/ui/tasks/a", Some("k-read")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(ok.text().await.unwrap().contains("/ui/assets/dashboard.js"));
+    assert_eq!(
+        page("/ui/tasks/b/review", Some("k-write-a"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(page("/ui/assets/ui.css", None).await.unwrap().status(), 200);
+    assert_eq!(
+        page("/ui/assets/nope.js", None).await.unwrap().status(),
+        404
+    );
     let batch =
         json!({"examples": [example("e1", "good", json!([{"source": "s", "label": "pos"}]))]});
     // A read key reads but does not write.

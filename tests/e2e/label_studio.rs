@@ -122,6 +122,15 @@ async fn label_studio_backend(backend: Backend) {
     assert_error(&r, 422, "label_config_mismatch");
     let r = ls(&s, "/setup", Some(json!({"project": 2, "schema": "<View"}))).await;
     assert_error(&r, 422, "invalid_label_config");
+    // Validate: what Label Studio asks before it connects a project.
+    let (status, body) = ls(&s, "/validate", Some(json!({"config": CONFIG}))).await;
+    assert_eq!(
+        (status, body["from_name"].as_str()),
+        (200, Some("sentiment")),
+        "{body}"
+    );
+    let r = ls(&s, "/validate", Some(json!({"config": wrong}))).await;
+    assert_error(&r, 422, "label_config_mismatch");
 
     // Predict: one result per task, in order; the tasks become examples.
     let tasks: Vec<Value> = (1..=5)
@@ -196,11 +205,42 @@ async fn label_studio_backend(backend: Backend) {
     )
     .await;
     assert_eq!(gold_of(&s, "ls-42").await, "pos");
-    let deleted = json!({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 101, "task": 1}],
-                         "project": {"id": 1}});
-    let (status, r) = ls(&s, "/webhook", Some(deleted)).await;
+    // Two annotators on task 4 (the second in the batch form); deleting one keeps the other's
+    // label, deleting both withdraws the gold label. Label Studio sends only annotation ids.
+    ls(
+        &s,
+        "/webhook",
+        Some(annotation("ANNOTATION_CREATED", 4, "pos")),
+    )
+    .await;
+    let mut second = annotation("ANNOTATIONS_CREATED", 4, "neg");
+    second["annotation"]["id"] = json!(204);
+    second["annotation"] = json!([second["annotation"].clone()]);
+    second["task"] = json!([second["task"].clone()]);
+    let (status, r) = ls(&s, "/webhook", Some(second)).await;
+    assert_eq!(
+        (status, r["status"].as_str()),
+        (200, Some("applied")),
+        "{r}"
+    );
+    assert_eq!(gold_of(&s, "ls-4").await, "neg");
+    let deleted = |ids: Value| json!({"action": "ANNOTATIONS_DELETED", "annotations": ids, "project": {"id": 1}});
+    let (status, r) = ls(&s, "/webhook", Some(deleted(json!([{"id": 204}])))).await;
     assert_eq!(status, 200, "{r}");
-    assert!(gold_of(&s, "ls-1").await.is_null());
+    assert_eq!(gold_of(&s, "ls-4").await, "pos", "{r}");
+    let (status, r) = ls(
+        &s,
+        "/webhook",
+        Some(deleted(json!([{"id": 104}, {"id": 101}]))),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert!(gold_of(&s, "ls-4").await.is_null(), "{r}");
+    assert!(gold_of(&s, "ls-1").await.is_null(), "{r}");
+    // Unknown annotation ids change nothing.
+    let (status, r) = ls(&s, "/webhook", Some(deleted(json!([{"id": 999}])))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(gold_of(&s, "ls-42").await, "pos");
     let (status, r) = ls(
         &s,
         "/webhook",

@@ -5,6 +5,10 @@
 #[macro_use]
 #[path = "../common/mod.rs"]
 mod common;
+// The datasets helpers, shared with the quality tests; the dashboard test seeds from SST-2.
+#[allow(dead_code)]
+#[path = "../common/data.rs"]
+mod data;
 
 mod api;
 mod crash;
@@ -15,3 +19,4 @@ mod graph_recovery;
 mod jobs;
 mod label_studio;
 mod model;
+mod ui;

@@ -146,6 +146,8 @@ pub struct JobList {
     pub jobs: Vec<JobView>,
 }
 
+const LOSS_CURVE_POINTS: usize = 400;
+
 /// Shared between the job's compute thread and its heartbeat.
 #[derive(Default)]
 pub struct Progress {
@@ -154,16 +156,39 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Merges the fields; a `loss` is also appended to `loss_curve` (what the dashboard draws),
+    /// thinned to every other point when it reaches `LOSS_CURVE_POINTS`.
     pub fn set(&self, fields: Value) {
         if let (Ok(mut map), Value::Object(fields)) = (self.value.lock(), fields) {
+            if let Some(loss) = fields.get("loss").filter(|l| l.is_number()) {
+                let point = json!({
+                    "stage": map.get("stage"),
+                    "epoch": fields.get("epoch"),
+                    "step": fields.get("step"),
+                    "loss": loss,
+                    "val_loss": fields.get("val_loss"),
+                });
+                let curve = map.entry("loss_curve").or_insert_with(|| json!([]));
+                if let Value::Array(points) = curve {
+                    if points.len() >= LOSS_CURVE_POINTS {
+                        *points = points.iter().step_by(2).cloned().collect();
+                    }
+                    points.push(point);
+                }
+            }
             map.extend(fields);
         }
     }
 
+    /// A new stage: the fields of the last one go, the loss curve stays.
     pub fn stage(&self, stage: &str) {
         if let Ok(mut map) = self.value.lock() {
+            let curve = map.remove("loss_curve");
             map.clear();
             map.insert("stage".into(), json!(stage));
+            if let Some(curve) = curve {
+                map.insert("loss_curve".into(), curve);
+            }
         }
     }
 
@@ -198,5 +223,34 @@ fn job_error(e: anyhow::Error) -> Error {
         Error::Cancelled
     } else {
         Error::Internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_make_a_curve_that_survives_stages_and_stays_short() {
+        let p = Progress::default();
+        p.stage("training");
+        for step in 0..(LOSS_CURVE_POINTS + 10) {
+            p.set(json!({"epoch": 0, "step": step, "loss": 1.0 / (step + 1) as f64}));
+        }
+        p.set(json!({"done": 3}));
+        p.stage("publishing");
+        let v: Value = serde_json::from_str(&p.snapshot()).unwrap();
+        assert_eq!(v["stage"], "publishing");
+        assert!(v.get("done").is_none(), "{v}");
+        let curve = v["loss_curve"].as_array().unwrap();
+        assert!(curve.len() <= LOSS_CURVE_POINTS, "{}", curve.len());
+        assert!(curve.len() > LOSS_CURVE_POINTS / 2);
+        assert_eq!(curve[0]["step"], 0);
+        assert_eq!(curve[0]["stage"], "training");
+        assert_eq!(
+            curve.last().unwrap()["step"],
+            LOSS_CURVE_POINTS + 9,
+            "the newest point is kept"
+        );
     }
 }

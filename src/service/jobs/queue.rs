@@ -272,14 +272,20 @@ impl Service {
             ),
             Err(e) => (JobState::Failed, None, Some(e.to_string()), None),
         };
+        // The last progress (and the whole loss curve) stays with the finished job.
+        progress.set(json!({"stage": state.as_str()}));
+        let last_progress = progress.snapshot();
         let mut tx = self.store.begin_write().await?;
         jobs::finish(
             tx.conn(),
             job.id,
-            state.as_str(),
-            metrics.as_deref(),
-            error.as_deref(),
-            version_id,
+            jobs::Finished {
+                state: state.as_str(),
+                progress: &last_progress,
+                metrics: metrics.as_deref(),
+                error: error.as_deref(),
+                model_version_id: version_id,
+            },
             now_ms(),
         )
         .await?;
