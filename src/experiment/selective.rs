@@ -181,6 +181,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
         settings.pik_min_gold,
         ctx.seed,
     );
+    tracing::debug!(seed = ctx.seed, reason = %trust.reason, "weak-side trust");
     let trust_oof: HashMap<usize, f32> = trust_rows
         .iter()
         .copied()

@@ -265,7 +265,16 @@ async fn sigkill_under_load(backend: Backend) {
                 ))
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1500))).await;
+        // Kill once the clients have had some answers in this round (a loaded machine is slow
+        // to get there), at a random moment after that.
+        let before = acked.lock().unwrap().requests;
+        for _ in 0..300 {
+            if acked.lock().unwrap().requests >= before + 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..1200))).await;
         server.kill();
         for c in clients {
             c.await.unwrap();

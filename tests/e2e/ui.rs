@@ -370,6 +370,35 @@ async fn dashboard_in_a_browser(backend: Backend) {
             "{id} was labelled from the review page"
         );
     }
+    // Rollback from the page: a second job makes v2 active; the v1 button activates v1 again.
+    run_job(&s, "reviews", json!({"mode": "head"})).await;
+    c.goto(&s.url("/ui/tasks/reviews")).await.unwrap();
+    driver
+        .wait_for("the dashboard", "return document.body.dataset.loaded")
+        .await;
+    c.find(Locator::Css(
+        "button[data-action='activate'][data-version='1']",
+    ))
+    .await
+    .expect("an activate button for v1")
+    .click()
+    .await
+    .unwrap();
+    let mut active = Value::Null;
+    for _ in 0..100 {
+        active = s.get("/v1/tasks/reviews/models").await.1["active_version"].clone();
+        if active == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(active, 1, "the page's button activated v1");
+    driver
+        .wait_for(
+            "the page to show v1 active",
+            "return document.querySelector('#models tr[data-version=\"1\"]').textContent.includes('active')",
+        )
+        .await;
     driver.finish().await;
     s.finish().await;
 }
