@@ -328,6 +328,9 @@ pub fn fit_trust(
     let needed_auroc = 0.5 + PRECISION_Z * auroc_null_se(positives, n - positives);
     let model_auroc = auroc(&oof, right).unwrap_or(0.5);
     if model_brier >= rate_brier || model_auroc <= needed_auroc {
+        // The constant itself, not its leave-one-out values: those rank the gold examples
+        // backwards by construction and would mislead what is fitted on them.
+        let constant_oof = vec![rate as f32; n];
         let constant = Logistic {
             weight: vec![0.0; dims],
             bias: (rate / (1.0 - rate)).ln(),
@@ -337,10 +340,8 @@ pub fn fit_trust(
                 classes,
                 model: constant,
             }),
-            // The constant itself, not its leave-one-out values: those rank the gold examples
-            // backwards by construction and would mislead what is fitted on them.
-            report: CalibrationReport::measure(&vec![rate as f32; n], right),
-            oof: vec![rate as f32; n],
+            report: CalibrationReport::measure(&constant_oof, right),
+            oof: constant_oof,
             reason: format!(
                 "on {n} gold examples a trained model did not beat the weak side's rate of being right out of fold (Brier {model_brier:.3} against {rate_brier:.3}, AUROC {model_auroc:.3} where {needed_auroc:.3} was needed): every weak-side decision gets that rate, {rate:.3}"
             ),

@@ -6,10 +6,9 @@
 
 use std::collections::HashMap;
 
-use super::ingest::aggregate_of;
-use super::{dist_json, parse_dist, Service, TaskCtx};
+use super::ingest::{aggregate_of, stored_aggregate};
+use super::{parse_dist, Service, TaskCtx};
 use crate::error::Result;
-use crate::method::weak::argmax;
 use futures::TryStreamExt;
 
 use crate::store::now_ms;
@@ -53,8 +52,8 @@ impl Service {
                     _ => false,
                 };
                 if !same {
-                    let label = new.as_deref().and_then(argmax).map(|l| l as i64);
-                    updates.push((id, new.as_deref().map(dist_json), label));
+                    let (weak, label) = stored_aggregate(new.as_deref());
+                    updates.push((id, weak, label));
                 }
             }
             if updates.is_empty() {

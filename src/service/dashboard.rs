@@ -20,7 +20,7 @@ use crate::store::dashboard;
 /// At most this many time buckets in the timeline.
 const TIMELINE_BUCKETS: i64 = 48;
 /// Jobs listed on the dashboard (newest first).
-const JOBS_SHOWN: usize = 20;
+const JOBS_SHOWN: i64 = 20;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LabelShares {
@@ -130,15 +130,23 @@ impl Service {
                 }
             }
         };
-        let mut jobs = self.list_jobs(task_name).await?.jobs;
-        jobs.truncate(JOBS_SHOWN);
+        // The report reads the same counts as the task view: counted once.
+        let task = self.task_view(ctx.clone()).await?;
+        let report = self
+            .report_for(
+                &ctx,
+                task.examples,
+                task.gold_examples,
+                task.decisions.clone(),
+            )
+            .await?;
         Ok(Dashboard {
-            task: self.task_view(ctx).await?,
-            report: self.report(task_name).await?,
+            task,
+            report,
             shares,
             timeline,
             sources: self.sources(task_name).await?,
-            jobs,
+            jobs: self.recent_jobs(task_name, JOBS_SHOWN).await?,
             models: self.list_models(task_name).await?,
         })
     }

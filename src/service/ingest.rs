@@ -304,9 +304,7 @@ impl Service {
         }
         if !weak.is_empty() {
             let all = weak_labels::weak_labels(tx.conn(), &[example_id]).await?;
-            let agg = aggregate_of(pipeline, &all, task.k());
-            let label = agg.as_deref().and_then(argmax).map(|l| l as i64);
-            let agg = agg.map(|a| dist_json(&a));
+            let (agg, label) = stored_aggregate(aggregate_of(pipeline, &all, task.k()).as_deref());
             examples::set_weak_aggregate(tx.conn(), example_id, agg.as_deref(), label, now).await?;
         }
         if let Some(g) = gold {
@@ -377,6 +375,11 @@ impl Service {
         self.settle(&task, &[id], "gold label").await?;
         Ok(task)
     }
+}
+
+/// A weak aggregate as the examples table stores it: the distribution (JSON) and its argmax.
+pub fn stored_aggregate(agg: Option<&[f32]>) -> (Option<String>, Option<i64>) {
+    (agg.map(dist_json), agg.and_then(argmax).map(|l| l as i64))
 }
 
 /// The weak aggregate of an example's stored weak labels: the source model in use, or the

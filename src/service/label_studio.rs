@@ -342,9 +342,7 @@ impl Service {
                 let ls_tasks = one_or_many(&body["task"]);
                 let mut applied = Vec::new();
                 for annotation in one_or_many(&body["annotation"]) {
-                    let ls_id = annotation["task"]
-                        .as_i64()
-                        .or_else(|| annotation["task"]["id"].as_i64())
+                    let ls_id = ls_task_id(&annotation["task"])
                         .or_else(|| match ls_tasks.as_slice() {
                             [only] => only["id"].as_i64(),
                             _ => None,
@@ -391,10 +389,7 @@ impl Service {
                         }
                         None => None,
                     };
-                    let from_task = a["task"]
-                        .as_i64()
-                        .or_else(|| a["task"]["id"].as_i64())
-                        .map(example_id);
+                    let from_task = ls_task_id(&a["task"]).map(example_id);
                     if let Some(id) = known.or(from_task) {
                         affected.insert(id);
                     }
@@ -537,6 +532,11 @@ impl Service {
             "model_version": list.active_version.map(|v| format!("v{v}")).unwrap_or_else(|| "none".into()),
         }))
     }
+}
+
+/// A Label Studio task reference: its id, or the task object itself.
+fn ls_task_id(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v["id"].as_i64())
 }
 
 /// A webhook field that is one object in some events and a list in others.

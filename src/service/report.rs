@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::decide::Decider;
-use super::Service;
+use super::{Service, TaskCtx};
 use crate::error::Result;
 use crate::method::confidence::{CalibrationReport, PrecisionThreshold};
 use crate::method::pik::PikReport;
@@ -60,12 +60,24 @@ impl Service {
                 .into_iter()
                 .map(|c| (c.source, c.n))
                 .collect();
+        self.report_for(&task, counts.examples, counts.gold, decisions)
+            .await
+    }
+
+    /// The report from counts the caller already has (the dashboard's task view).
+    pub async fn report_for(
+        &self,
+        task: &TaskCtx,
+        examples: i64,
+        gold: i64,
+        decisions: BTreeMap<String, i64>,
+    ) -> Result<TaskReport> {
         let labelled: i64 = ["gold", "strong", "weak_refined"]
             .iter()
             .filter_map(|s| decisions.get(*s))
             .sum();
-        let version = self.active_version(&task).await?;
-        let decider = Decider::new(&task, version.as_deref());
+        let version = self.active_version(task).await?;
+        let decider = Decider::new(task, version.as_deref());
         let s = &task.settings;
         let pipeline = decider.pipeline;
         let stages = match pipeline {
@@ -115,9 +127,9 @@ impl Service {
         Ok(TaskReport {
             task: task.name.clone(),
             model_version: version.as_ref().map(|v| v.version),
-            examples: counts.examples,
-            gold: counts.gold,
-            coverage: labelled as f64 / counts.examples.max(1) as f64,
+            examples,
+            gold,
+            coverage: labelled as f64 / examples.max(1) as f64,
             decisions,
             stages,
             prior: pipeline.map(|p| p.prior.clone()),

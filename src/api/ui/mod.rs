@@ -91,13 +91,7 @@ async fn tasks_page(State(state): State<AppState>) -> Result<Response, Error> {
     let tasks = state.service.list_tasks().await?.tasks;
     let mut rows = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let last_job = state
-            .service
-            .list_jobs(&t.name)
-            .await?
-            .jobs
-            .into_iter()
-            .next();
+        let last_job = state.service.recent_jobs(&t.name, 1).await?.pop();
         rows.push(context! { task => t, last_job => last_job });
     }
     render(

@@ -110,11 +110,16 @@ impl Service {
     }
 
     pub async fn list_jobs(&self, task_name: &str) -> Result<JobList> {
-        let task = self.task(task_name).await?;
-        let rows = jobs::list(self.store.pool(), task.id, 100).await?;
         Ok(JobList {
-            jobs: rows.into_iter().map(|r| self.job_view(&task, r)).collect(),
+            jobs: self.recent_jobs(task_name, 100).await?,
         })
+    }
+
+    /// The task's newest `limit` jobs, newest first.
+    pub async fn recent_jobs(&self, task_name: &str, limit: i64) -> Result<Vec<JobView>> {
+        let task = self.task(task_name).await?;
+        let rows = jobs::list(self.store.pool(), task.id, limit).await?;
+        Ok(rows.into_iter().map(|r| self.job_view(&task, r)).collect())
     }
 
     pub async fn cancel_job(&self, task_name: &str, id: i64) -> Result<JobView> {
