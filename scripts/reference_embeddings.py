@@ -4,6 +4,8 @@
 Usage:
     python3 -m pip install sentence-transformers
     python3 scripts/reference_embeddings.py MODEL_DIR > tests/fixtures/minilm_reference.json
+    python3 scripts/reference_embeddings.py MPNET_DIR sentence-transformers/all-mpnet-base-v2 \
+        > tests/fixtures/mpnet_reference.json
 
 MODEL_DIR is the unpacked default model (what `sw2s fetch-model` prints), e.g.
 data/models/all-MiniLM-L6-v2. The sentences cover plain English, punctuation, casing,
@@ -36,7 +38,7 @@ def main() -> None:
     vectors = model.encode(SENTENCES, batch_size=4, normalize_embeddings=True)
     json.dump(
         {
-            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "model": sys.argv[2] if len(sys.argv) > 2 else "sentence-transformers/all-MiniLM-L6-v2",
             "max_seq_length": model.max_seq_length,
             "sentences": SENTENCES,
             "embeddings": [[round(float(x), 7) for x in v] for v in vectors],

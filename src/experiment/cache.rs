@@ -6,43 +6,39 @@ use std::path::Path;
 use candle_core::Device;
 use indicatif::ProgressBar;
 
-use crate::model::bert::Pass;
-use crate::model::encoder::{load_bert, read_config, Encoded};
+use crate::model::encoder::Encoded;
+use crate::model::Backbone;
 
 pub struct CacheKey<'a> {
     pub dir: &'a Path,
-    pub model_dir: &'a Path,
     pub sha: &'a str,
+    pub dims: usize,
     /// `Some(n)`: the encoder cut to its first n layers.
     pub layers: Option<usize>,
     /// Identifies the texts (all of them, joined).
     pub texts: &'a str,
 }
 
+/// `model` is called only when the cache misses.
 pub fn cached_embeddings(
     key: &CacheKey,
     tokenized: &[Encoded],
     progress: &ProgressBar,
+    model: impl FnOnce() -> anyhow::Result<std::sync::Arc<Backbone>>,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     use sha2::{Digest, Sha256};
     let digest = hex::encode(Sha256::digest(
         format!("{}|{:?}|{}", key.sha, key.layers, key.texts).as_bytes(),
     ));
     let path = key.dir.join(format!("{}.f32", &digest[..24]));
-    let config = read_config(key.model_dir)?;
-    let dims = config.hidden_size;
+    let dims = key.dims;
     if let Ok(bytes) = std::fs::read(&path) {
         let v = crate::store::bytes_to_f32s(&bytes);
         if v.len() == dims * tokenized.len() {
             return Ok(v.chunks(dims).map(|c| c.to_vec()).collect());
         }
     }
-    let bert = load_bert(
-        &config,
-        &key.model_dir.join("model.safetensors"),
-        key.layers,
-        &Device::Cpu,
-    )?;
+    let model = model()?;
     let mut out = vec![Vec::new(); tokenized.len()];
     let mut order: Vec<usize> = (0..tokenized.len()).collect();
     order.sort_by_key(|&i| tokenized[i].len());
@@ -54,10 +50,7 @@ pub fn cached_embeddings(
     });
     for chunk in order.chunks(32) {
         let batch: Vec<&Encoded> = chunk.iter().map(|&i| &tokenized[i]).collect();
-        let (ids, types, mask) = crate::model::encoder::batch_tensors(&batch, &Device::Cpu)?;
-        let vectors = bert
-            .embed(&ids, &types, &mask, Pass::Inference)?
-            .to_vec2::<f32>()?;
+        let vectors = model.embed(&batch, &Device::Cpu)?;
         for (&i, v) in chunk.iter().zip(vectors) {
             out[i] = v;
         }

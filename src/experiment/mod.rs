@@ -32,8 +32,8 @@ use crate::graph::{GraphSettings, Insert, TaskGraph};
 use crate::method::label_model::Vote;
 use crate::method::prior::{estimate, PriorEstimate, PriorEvidence};
 use crate::method::weak::{aggregate, argmax, one_hot, WeakVote};
-use crate::model::encoder::{read_config, TextTokenizer};
-use crate::model::Overlong;
+use crate::model::encoder::read_config;
+use crate::model::{Encoder, Overlong};
 use crate::service::settings::{JobMode, TaskSettings};
 
 /// What every method of one seed shares.
@@ -138,31 +138,53 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
             "--weak-fraction and --strong-fraction must be positive and leave room for a test part"
         );
     }
-    let model_dir = crate::model::fetch::resolve_model_dir(
-        &args.model.data_dir,
-        args.model.model_dir.as_deref(),
-    )?;
-    let config = read_config(&model_dir)?;
-    let max_len = crate::model::encoder::max_length(&model_dir, &config);
-    let tokenizer = TextTokenizer::load(&model_dir, max_len)?;
+    let model_dir = args.model.resolve()?;
+    let encoder = Encoder::load(&model_dir)
+        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let trainable = encoder.info.trainable();
+    if matches!(weak_kind, WeakKind::Layers(_)) && !trainable {
+        bail!(
+            "--weak layers:N cuts the BERT encoder; {} is a {} decoder LM",
+            encoder.info.model_id,
+            encoder.info.family
+        );
+    }
+    if args.mode == JobMode::Full && !trainable {
+        bail!(
+            "--mode full fine-tunes the encoder; {} ({} {}) is a quantized decoder LM and serves head mode only",
+            encoder.info.model_id, encoder.info.family, encoder.info.dtype
+        );
+    }
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-    let tokenized = tokenizer.tokenize(&texts, Overlong::Truncate)?;
-    let sha = crate::fsio::sha256_file(&model_dir.join("model.safetensors"))?;
+    let tokenized = encoder.tokenizer.tokenize(&texts, Overlong::Truncate)?;
+    let sha = encoder.info.sha256.clone();
     let cache_dir = args.model.data_dir.join("experiment-cache");
     let texts_key = texts.join("\u{1}");
     let key = |layers| cache::CacheKey {
         dir: &cache_dir,
-        model_dir: &model_dir,
         sha: &sha,
+        dims: encoder.info.dims,
         layers,
         texts: &texts_key,
     };
-    let base = cache::cached_embeddings(&key(None), &tokenized, &progress)?;
+    let base = cache::cached_embeddings(&key(None), &tokenized, &progress, || {
+        Ok(encoder.backbone.clone())
+    })?;
     let layer_embeddings = match weak_kind {
         WeakKind::Layers(n) => Some(cache::cached_embeddings(
             &key(Some(n)),
             &tokenized,
             &progress,
+            || {
+                let config = read_config(&model_dir)?;
+                let bert = crate::model::encoder::load_bert(
+                    &config,
+                    &model_dir.join("model.safetensors"),
+                    Some(n),
+                    &candle_core::Device::Cpu,
+                )?;
+                Ok(std::sync::Arc::new(bert.into()))
+            },
         )?),
         _ => None,
     };
@@ -187,7 +209,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
                 .for_each(|e| e.truncate_to(args.max_tokens));
             Box::new(FullStrong {
                 tokenized,
-                config: config.clone(),
+                config: read_config(&model_dir)?,
                 weights: model_dir.join("model.safetensors"),
                 examples: args.full_examples,
                 epochs: args.full_epochs,

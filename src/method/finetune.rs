@@ -149,7 +149,7 @@ pub fn finetune(
 mod tests {
     use super::*;
     use crate::model::encoder::{embed_batch, TextTokenizer};
-    use crate::model::testing::write_tiny_bert;
+    use crate::model::testing::{write_tiny_bert, write_tiny_mpnet};
 
     fn tiny() -> (
         tempfile::TempDir,
@@ -157,8 +157,23 @@ mod tests {
         HashMap<String, Tensor>,
         TextTokenizer,
     ) {
+        tiny_of(false)
+    }
+
+    fn tiny_of(
+        mpnet: bool,
+    ) -> (
+        tempfile::TempDir,
+        BertConfig,
+        HashMap<String, Tensor>,
+        TextTokenizer,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        write_tiny_bert(dir.path(), 3).unwrap();
+        if mpnet {
+            write_tiny_mpnet(dir.path(), 3).unwrap();
+        } else {
+            write_tiny_bert(dir.path(), 3).unwrap();
+        }
         let mut config = crate::model::encoder::read_config(dir.path()).unwrap();
         config.hidden_dropout_prob = 0.0;
         config.attention_probs_dropout_prob = 0.0;
@@ -198,7 +213,16 @@ mod tests {
 
     #[test]
     fn every_encoder_weight_gets_a_gradient() {
-        let (_dir, config, tensors, tok) = tiny();
+        every_weight_gets_a_gradient(false);
+    }
+
+    #[test]
+    fn every_mpnet_weight_gets_a_gradient() {
+        every_weight_gets_a_gradient(true);
+    }
+
+    fn every_weight_gets_a_gradient(mpnet: bool) {
+        let (_dir, config, tensors, tok) = tiny_of(mpnet);
         let model = TrainableBert::from_tensors(&config, tensors, &Device::Cpu).unwrap();
         let enc = tok
             .tokenize(

@@ -1,4 +1,6 @@
-//! A BERT encoder written against candle-core, trainable end to end.
+//! A BERT encoder written against candle-core, trainable end to end — and MPNet
+//! (all-mpnet-base-v2), which is the same layers under other names plus a relative-position
+//! bias shared by all layers, RoBERTa-style positions and no token types; candle has no MPNet.
 //!
 //! Why not `candle_transformers::models::bert`: its LayerNorm uses candle-nn's fused op, which
 //! has no backward pass, so every encoder weight silently gets a zero gradient.
@@ -33,6 +35,23 @@ pub struct BertConfig {
     pub pad_token_id: usize,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// MPNet's relative-position buckets (32 in mpnet-base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_attention_num_buckets: Option<usize>,
+}
+
+impl BertConfig {
+    fn is_mpnet(&self) -> bool {
+        self.model_type.as_deref() == Some("mpnet")
+    }
+
+    /// RoBERTa-family models (and MPNet) number positions from `pad_token_id + 1`.
+    pub fn position_offset(&self) -> u32 {
+        match self.model_type.as_deref() {
+            Some("roberta" | "xlm-roberta" | "mpnet") => self.pad_token_id as u32 + 1,
+            _ => 0,
+        }
+    }
 }
 
 fn default_act() -> String {
@@ -125,7 +144,9 @@ fn dropout(x: &Tensor, p: f64, pass: Pass) -> Result<Tensor> {
 struct Embeddings {
     word: Embedding,
     position: Embedding,
-    token_type: Embedding,
+    /// None for MPNet, which has no token types.
+    token_type: Option<Embedding>,
+    position_offset: u32,
     norm: LayerNorm,
     dropout: f64,
 }
@@ -139,11 +160,16 @@ impl Embeddings {
                 c.hidden_size,
                 vb.pp("position_embeddings"),
             )?,
-            token_type: candle_nn::embedding(
-                c.type_vocab_size,
-                c.hidden_size,
-                vb.pp("token_type_embeddings"),
-            )?,
+            token_type: if c.is_mpnet() {
+                None
+            } else {
+                Some(candle_nn::embedding(
+                    c.type_vocab_size,
+                    c.hidden_size,
+                    vb.pp("token_type_embeddings"),
+                )?)
+            },
+            position_offset: c.position_offset(),
             norm: LayerNorm::load(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
             dropout: c.hidden_dropout_prob,
         })
@@ -151,12 +177,17 @@ impl Embeddings {
 
     fn forward(&self, ids: &Tensor, type_ids: &Tensor, pass: Pass) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
-        let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
-        let x = self
-            .word
-            .forward(ids)?
-            .add(&self.token_type.forward(type_ids)?)?
-            .broadcast_add(&self.position.forward(&positions)?)?;
+        // Padding is on the right and masked, so real tokens get the positions HF gives them.
+        let positions = Tensor::arange(
+            self.position_offset,
+            self.position_offset + seq as u32,
+            ids.device(),
+        )?;
+        let mut x = self.word.forward(ids)?;
+        if let Some(token_type) = &self.token_type {
+            x = x.add(&token_type.forward(type_ids)?)?;
+        }
+        let x = x.broadcast_add(&self.position.forward(&positions)?)?;
         dropout(&self.norm.forward(&x, pass)?, self.dropout, pass)
     }
 }
@@ -181,12 +212,33 @@ impl Layer {
     fn load(c: &BertConfig, vb: VarBuilder) -> Result<Self> {
         let h = c.hidden_size;
         let att = vb.pp("attention");
+        // MPNet: attention.attn.{q,k,v,o} and attention.LayerNorm; BERT: attention.self.*
+        // and attention.output.*.
+        let (q, k, v, o, norm) = if c.is_mpnet() {
+            let a = att.pp("attn");
+            (
+                a.pp("q"),
+                a.pp("k"),
+                a.pp("v"),
+                a.pp("o"),
+                att.pp("LayerNorm"),
+            )
+        } else {
+            let (a, out) = (att.pp("self"), att.pp("output"));
+            (
+                a.pp("query"),
+                a.pp("key"),
+                a.pp("value"),
+                out.pp("dense"),
+                out.pp("LayerNorm"),
+            )
+        };
         Ok(Self {
-            query: candle_nn::linear(h, h, att.pp("self").pp("query"))?,
-            key: candle_nn::linear(h, h, att.pp("self").pp("key"))?,
-            value: candle_nn::linear(h, h, att.pp("self").pp("value"))?,
-            attn_out: candle_nn::linear(h, h, att.pp("output").pp("dense"))?,
-            attn_norm: LayerNorm::load(h, c.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            query: candle_nn::linear(h, h, q)?,
+            key: candle_nn::linear(h, h, k)?,
+            value: candle_nn::linear(h, h, v)?,
+            attn_out: candle_nn::linear(h, h, o)?,
+            attn_norm: LayerNorm::load(h, c.layer_norm_eps, norm)?,
             intermediate: candle_nn::linear(
                 h,
                 c.intermediate_size,
@@ -209,14 +261,24 @@ impl Layer {
             .contiguous()
     }
 
-    /// `mask_bias` is (batch, 1, 1, seq): 0 for tokens, a large negative value for padding.
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, pass: Pass) -> Result<Tensor> {
+    /// `mask_bias` is (batch, 1, 1, seq): 0 for tokens, a large negative value for padding;
+    /// `position_bias` (1, heads, seq, seq) is MPNet's relative-position bias.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        position_bias: Option<&Tensor>,
+        pass: Pass,
+    ) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let q = self.split_heads(&self.query.forward(x)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
-        let scores =
-            (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask_bias)?;
+        let mut scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        if let Some(bias) = position_bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let scores = scores.broadcast_add(mask_bias)?;
         let probs = match pass {
             Pass::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
             Pass::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
@@ -234,7 +296,27 @@ impl Layer {
 pub struct Bert {
     embeddings: Embeddings,
     layers: Vec<Layer>,
+    /// MPNet: (buckets, heads), shared by every layer.
+    relative_bias: Option<Embedding>,
     pub config: BertConfig,
+}
+
+/// MPNet's (T5-style, bidirectional) bucket of a relative position `memory − context`.
+pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance: usize) -> u32 {
+    let half = (num_buckets / 2) as i64;
+    let n = -relative;
+    let mut bucket = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let max_exact = half / 2;
+    bucket += if n < max_exact {
+        n
+    } else {
+        let scaled = ((n as f64 / max_exact as f64).ln()
+            / (max_distance as f64 / max_exact as f64).ln()
+            * (half - max_exact) as f64) as i64;
+        (max_exact + scaled).min(half - 1)
+    };
+    bucket as u32
 }
 
 impl Bert {
@@ -248,11 +330,21 @@ impl Bert {
             .unwrap_or(config.num_hidden_layers)
             .min(config.num_hidden_layers);
         let enc = vb.pp("encoder").pp("layer");
+        let relative_bias = if config.is_mpnet() {
+            Some(candle_nn::embedding(
+                config.relative_attention_num_buckets.unwrap_or(32),
+                config.num_attention_heads,
+                vb.pp("encoder").pp("relative_attention_bias"),
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             embeddings: Embeddings::load(config, vb.pp("embeddings"))?,
             layers: (0..n)
                 .map(|i| Layer::load(config, enc.pp(i)))
                 .collect::<Result<_>>()?,
+            relative_bias,
             config: config.clone(),
         })
     }
@@ -271,9 +363,23 @@ impl Bert {
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let mask_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
+        let position_bias = match &self.relative_bias {
+            Some(table) => {
+                let buckets = self.config.relative_attention_num_buckets.unwrap_or(32);
+                let idx: Vec<u32> = (0..s as i64)
+                    .flat_map(|q| {
+                        (0..s as i64).map(move |m| relative_position_bucket(m - q, buckets, 128))
+                    })
+                    .collect();
+                let idx = Tensor::from_vec(idx, (s, s), ids.device())?;
+                // (s, s, heads) -> (1, heads, s, s)
+                Some(table.forward(&idx)?.permute((2, 0, 1))?.unsqueeze(0)?)
+            }
+            None => None,
+        };
         let mut x = self.embeddings.forward(ids, type_ids, pass)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask_bias, pass)?;
+            x = layer.forward(&x, &mask_bias, position_bias.as_ref(), pass)?;
         }
         Ok(x)
     }
@@ -330,4 +436,23 @@ pub fn load_weights(path: &std::path::Path, device: &Device) -> Result<HashMap<S
         .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
         .collect::<Result<HashMap<_, _>>>()?;
     Ok(normalize_names(tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_position_bucket;
+
+    #[test]
+    fn mpnet_buckets_match_transformers() {
+        // transformers' MPNetEncoder.relative_position_bucket on the same positions.
+        let rel = [
+            -200, -130, -20, -9, -8, -7, -1, 0, 1, 7, 8, 9, 20, 127, 128, 500,
+        ];
+        let want = [15, 15, 10, 8, 8, 7, 1, 0, 17, 23, 24, 24, 26, 31, 31, 31];
+        let got: Vec<u32> = rel
+            .iter()
+            .map(|&r| relative_position_bucket(r, 32, 128))
+            .collect();
+        assert_eq!(got, want);
+    }
 }

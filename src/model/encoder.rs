@@ -1,4 +1,5 @@
-//! A model directory on disk: tokenizer, BERT weights and what `/info` reports about them.
+//! A model on disk (a BERT-family directory or a GGUF decoder LM): its tokenizer, its
+//! weights and what `/info` reports about them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use serde::Serialize;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 use utoipa::ToSchema;
 
+use super::backbone::Backbone;
 use super::bert::{load_weights, Bert, BertConfig, Pass};
+use super::decoder::DecoderLm;
 
 /// What to do with a text longer than the model accepts.
 #[derive(
@@ -41,9 +44,45 @@ pub struct ModelInfo {
     pub dims: usize,
     /// Longest input in tokens, special tokens included.
     pub max_length: usize,
-    /// sha256 of `model.safetensors`.
+    /// sha256 of the weights file (`model.safetensors` or the `.gguf`).
     pub sha256: String,
     pub layers: usize,
+    /// `bert` (the trainable encoder) or the decoder's GGUF architecture (`llama`, `gemma3`).
+    #[serde(default = "default_family")]
+    pub family: String,
+    /// How a text's features are made: `mean` (of the last layer over its tokens) or
+    /// `last_token` (the final hidden state of its last token).
+    #[serde(default = "default_pooling")]
+    pub pooling: String,
+    /// Weight precision: `F32`, or the GGUF quantisation (e.g. `Q4_1`, `Q4_K_M`).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// Job modes the model supports: `head` always; `full` only for the trainable BERT.
+    #[serde(default = "default_jobs")]
+    pub jobs: Vec<String>,
+}
+
+fn default_family() -> String {
+    "bert".into()
+}
+
+fn default_pooling() -> String {
+    "mean".into()
+}
+
+fn default_dtype() -> String {
+    "F32".into()
+}
+
+fn default_jobs() -> Vec<String> {
+    vec!["head".into(), "full".into()]
+}
+
+impl ModelInfo {
+    /// Whether `full` jobs (fine-tuning the encoder) can run on this model.
+    pub fn trainable(&self) -> bool {
+        self.jobs.iter().any(|j| j == "full")
+    }
 }
 
 /// One tokenized text, unpadded.
@@ -97,8 +136,13 @@ impl TextTokenizer {
     /// batch to the longest text.
     pub fn load(dir: &Path, max_length: usize) -> anyhow::Result<Self> {
         let path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&path)
+        let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+        Self::new(tokenizer, max_length)
+    }
+
+    /// Wraps a tokenizer built elsewhere (from GGUF metadata).
+    pub fn new(mut tokenizer: Tokenizer, max_length: usize) -> anyhow::Result<Self> {
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -148,9 +192,9 @@ impl TextTokenizer {
     }
 }
 
-/// The base encoder: the weights every task starts from.
+/// The base model: the weights every task starts from.
 pub struct Encoder {
-    pub bert: Arc<Bert>,
+    pub backbone: Arc<Backbone>,
     pub tokenizer: Arc<TextTokenizer>,
     pub info: ModelInfo,
     pub dir: PathBuf,
@@ -166,7 +210,7 @@ pub fn read_config(dir: &Path) -> anyhow::Result<BertConfig> {
     if let Some(kind) = &config.model_type {
         if !matches!(
             kind.as_str(),
-            "bert" | "roberta" | "xlm-roberta" | "distilbert_as_bert"
+            "bert" | "roberta" | "mpnet" | "distilbert_as_bert"
         ) {
             bail!(
                 "{}: model_type {kind:?} is not a BERT-family model",
@@ -184,9 +228,11 @@ pub fn max_length(dir: &Path, config: &BertConfig) -> usize {
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get("max_seq_length").and_then(|m| m.as_u64()));
+    // RoBERTa-family tables start after the padding position.
+    let positions = config.max_position_embeddings - config.position_offset() as usize;
     match st {
-        Some(n) => (n as usize).min(config.max_position_embeddings),
-        None => config.max_position_embeddings,
+        Some(n) => (n as usize).min(positions),
+        None => positions,
     }
 }
 
@@ -204,39 +250,182 @@ pub fn load_bert(
         .with_context(|| format!("building BERT from {}", weights.display()))
 }
 
+/// The file that makes `path` a decoder LM: `path` itself when it is a `.gguf` file, or the
+/// one `.gguf` file in a directory without `config.json`.
+pub fn gguf_file(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let is_gguf = |p: &Path| {
+        p.extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+    };
+    if path.is_file() {
+        return Ok(is_gguf(path).then(|| path.to_path_buf()));
+    }
+    if path.join("config.json").is_file() || !path.is_dir() {
+        return Ok(None);
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_gguf(p))
+        .collect();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.into_iter().next()),
+        n => bail!(
+            "{} holds {n} .gguf files; pass the one to serve as --model-dir FILE",
+            path.display()
+        ),
+    }
+}
+
+fn model_id(dir: &Path, fallback: &Path) -> String {
+    std::fs::read_to_string(dir.join(super::fetch::MODEL_ID_FILE))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| {
+            fallback
+                .file_stem()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "model".into())
+        })
+}
+
 impl Encoder {
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+    /// Loads a BERT-family directory, a `.gguf` decoder LM, or a directory holding one.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        match gguf_file(path)? {
+            Some(file) => Self::load_decoder(&file),
+            None => Self::load_bert_dir(path),
+        }
+    }
+
+    fn load_decoder(file: &Path) -> anyhow::Result<Self> {
+        let device = Device::Cpu;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let header = super::decoder::read_header(file)?;
+        let lm = DecoderLm::load(file, &device)?;
+        let max_length = lm.context_length.min(super::decoder::DEFAULT_MAX_TOKENS);
+        let tokenizer = if dir.join("tokenizer.json").is_file() {
+            TextTokenizer::load(&dir, max_length)?
+        } else {
+            TextTokenizer::new(
+                super::gguf_tokenizer::from_gguf(&header.content)?,
+                max_length,
+            )?
+        };
+        let sha256 = crate::fsio::sha256_file(file)?;
+        Ok(Self {
+            info: ModelInfo {
+                model_id: model_id(&dir, file),
+                dims: lm.hidden,
+                max_length,
+                sha256,
+                layers: lm.layers,
+                family: lm.architecture.clone(),
+                pooling: "last_token".into(),
+                dtype: if lm.dequantized {
+                    format!("{} (dequantized to F32)", lm.quantisation)
+                } else {
+                    lm.quantisation.clone()
+                },
+                jobs: vec!["head".into()],
+            },
+            backbone: Arc::new(Backbone::Decoder(lm)),
+            tokenizer: Arc::new(tokenizer),
+            dir,
+            device,
+        })
+    }
+
+    /// DistilBERT, XLM-RoBERTa and ModernBERT through candle-transformers (head jobs only).
+    fn load_ct_encoder(
+        dir: &Path,
+        raw: serde_json::Value,
+        kind: &str,
+        device: Device,
+    ) -> anyhow::Result<Self> {
+        let weights = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&weights, &device)
+            .with_context(|| format!("loading {}", weights.display()))?
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+            .collect::<candle_core::Result<std::collections::HashMap<_, _>>>()?;
+        let positions = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
+        // XLM-RoBERTa numbers positions after the padding index.
+        let positions = if kind == "xlm-roberta" {
+            positions.saturating_sub(raw["pad_token_id"].as_u64().unwrap_or(1) as usize + 1)
+        } else {
+            positions
+        };
+        let st_max = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["max_seq_length"].as_u64());
+        let max_length = st_max.map_or(positions, |n| (n as usize).min(positions));
+        let tokenizer = TextTokenizer::load(dir, max_length)?;
+        let sha256 = crate::fsio::sha256_file(&weights)?;
+        let encoder = super::ct_encoder::CtEncoder::load(dir, raw, tensors, &device)
+            .with_context(|| format!("building the {kind} encoder from {}", dir.display()))?;
+        Ok(Self {
+            info: ModelInfo {
+                model_id: model_id(dir, dir),
+                dims: encoder.hidden,
+                max_length,
+                sha256,
+                layers: encoder.layers,
+                family: kind.to_string(),
+                pooling: encoder.pooling.as_str().to_string(),
+                dtype: default_dtype(),
+                jobs: vec!["head".into()],
+            },
+            backbone: Arc::new(Backbone::Library(encoder)),
+            tokenizer: Arc::new(tokenizer),
+            dir: dir.to_path_buf(),
+            device,
+        })
+    }
+
+    fn load_bert_dir(dir: &Path) -> anyhow::Result<Self> {
         for file in ["config.json", "model.safetensors", "tokenizer.json"] {
             if !dir.join(file).is_file() {
                 bail!(
-                    "{} has no {file}: a model directory needs config.json, model.safetensors and tokenizer.json",
+                    "{} has no {file}: a model directory needs config.json, model.safetensors and \
+                     tokenizer.json (a BERT-family model), or a .gguf file (a decoder LM)",
                     dir.display()
                 );
             }
         }
         let device = Device::Cpu;
+        let raw: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("config.json"))
+                .with_context(|| format!("reading {}", dir.join("config.json").display()))?,
+        )
+        .with_context(|| format!("parsing {}", dir.join("config.json").display()))?;
+        if let Some(kind) = raw["model_type"]
+            .as_str()
+            .filter(|k| super::ct_encoder::MODEL_TYPES.contains(k))
+        {
+            let kind = kind.to_string();
+            return Self::load_ct_encoder(dir, raw, &kind, device);
+        }
         let config = read_config(dir)?;
         let max_length = max_length(dir, &config);
         let tokenizer = TextTokenizer::load(dir, max_length)?;
         let weights = dir.join("model.safetensors");
         let sha256 = crate::fsio::sha256_file(&weights)?;
         let bert = load_bert(&config, &weights, None, &device)?;
-        let model_id = std::fs::read_to_string(dir.join(super::fetch::MODEL_ID_FILE))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| {
-                dir.file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_else(|| "model".into())
-            });
         Ok(Self {
             info: ModelInfo {
-                model_id,
+                model_id: model_id(dir, dir),
                 dims: config.hidden_size,
                 max_length,
                 sha256,
                 layers: bert.num_layers(),
+                family: config.model_type.clone().unwrap_or_else(default_family),
+                pooling: default_pooling(),
+                dtype: default_dtype(),
+                jobs: default_jobs(),
             },
-            bert: Arc::new(bert),
+            backbone: Arc::new(Backbone::Bert(bert)),
             tokenizer: Arc::new(tokenizer),
             dir: dir.to_path_buf(),
             device,

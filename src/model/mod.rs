@@ -1,15 +1,23 @@
-//! The strong model: tokenizer, candle BERT encoder, the batching worker, model versions on
-//! disk (manifest, the heads' tensor file), and fetching the default model. Nothing here
+//! The strong model: tokenizers, the model families (the project's trainable BERT, quantized
+//! decoder LMs through candle-transformers) behind one `Backbone`, the batching worker, model
+//! versions on disk (manifest, the heads' tensor file), and the catalogue of fetchable models. Nothing here
 //! knows about tasks or the method: the per-task heads and every kind of training live in
 //! `method`.
 
+pub mod backbone;
 pub mod bert;
+pub mod catalogue;
+pub mod ct_encoder;
+pub mod decoder;
 pub mod encoder;
 pub mod fetch;
+pub mod gguf_tokenizer;
 pub mod manifest;
 pub mod tensor_file;
 pub mod testing;
+pub mod vendored;
 pub mod worker;
 
+pub use backbone::Backbone;
 pub use encoder::{Encoded, Encoder, ModelInfo, Overlong, TextTokenizer};
 pub use worker::{BatchConfig, ModelWorker, WorkerError};

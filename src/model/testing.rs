@@ -1,4 +1,4 @@
-//! A tiny random BERT written to a directory, for tests that need the model's plumbing but
+//! A tiny random BERT (or MPNet) written to a directory, for tests that need the model's plumbing but
 //! not its knowledge (the real MiniLM is used wherever behaviour depends on it).
 
 use std::collections::HashMap;
@@ -30,6 +30,7 @@ pub fn tiny_config(vocab_size: usize) -> BertConfig {
         layer_norm_eps: 1e-12,
         pad_token_id: 0,
         model_type: Some("bert".into()),
+        relative_attention_num_buckets: None,
     }
 }
 
@@ -50,9 +51,22 @@ fn vocab() -> Vec<String> {
 /// Writes config.json, model.safetensors and tokenizer.json of a random 2-layer BERT with
 /// a character-level WordPiece vocabulary and a 64-token limit.
 pub fn write_tiny_bert(dir: &Path, seed: u64) -> anyhow::Result<()> {
+    write_tiny(dir, seed, false)
+}
+
+/// The same as an MPNet: MPNet's weight names, a relative-position bias, no token types.
+pub fn write_tiny_mpnet(dir: &Path, seed: u64) -> anyhow::Result<()> {
+    write_tiny(dir, seed, true)
+}
+
+fn write_tiny(dir: &Path, seed: u64, mpnet: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let vocab = vocab();
-    let config = tiny_config(vocab.len());
+    let mut config = tiny_config(vocab.len());
+    if mpnet {
+        config.model_type = Some("mpnet".into());
+        config.relative_attention_num_buckets = Some(32);
+    }
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_string_pretty(&config)?,
@@ -74,17 +88,38 @@ pub fn write_tiny_bert(dir: &Path, seed: u64) -> anyhow::Result<()> {
             "embeddings.position_embeddings.weight".into(),
             vec![config.max_position_embeddings, h],
         ),
-        ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
         ("embeddings.LayerNorm.weight".into(), vec![h]),
         ("embeddings.LayerNorm.bias".into(), vec![h]),
     ];
+    let (q, k, v, o, attn_norm) = if mpnet {
+        shapes.push((
+            "encoder.relative_attention_bias.weight".into(),
+            vec![32, config.num_attention_heads],
+        ));
+        (
+            "attention.attn.q",
+            "attention.attn.k",
+            "attention.attn.v",
+            "attention.attn.o",
+            "attention.LayerNorm",
+        )
+    } else {
+        shapes.push(("embeddings.token_type_embeddings.weight".into(), vec![2, h]));
+        (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "attention.output.LayerNorm",
+        )
+    };
     for l in 0..config.num_hidden_layers {
         let p = format!("encoder.layer.{l}");
         for (name, shape) in [
-            ("attention.self.query", vec![h, h]),
-            ("attention.self.key", vec![h, h]),
-            ("attention.self.value", vec![h, h]),
-            ("attention.output.dense", vec![h, h]),
+            (q, vec![h, h]),
+            (k, vec![h, h]),
+            (v, vec![h, h]),
+            (o, vec![h, h]),
             ("intermediate.dense", vec![i, h]),
             ("output.dense", vec![h, i]),
         ] {
@@ -92,7 +127,7 @@ pub fn write_tiny_bert(dir: &Path, seed: u64) -> anyhow::Result<()> {
             shapes.push((format!("{p}.{name}.weight"), shape));
             shapes.push((format!("{p}.{name}.bias"), vec![out]));
         }
-        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+        for norm in [attn_norm, "output.LayerNorm"] {
             shapes.push((format!("{p}.{norm}.weight"), vec![h]));
             shapes.push((format!("{p}.{norm}.bias"), vec![h]));
         }

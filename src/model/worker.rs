@@ -11,8 +11,8 @@ use std::time::Instant;
 use candle_core::Device;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::bert::Bert;
-use super::encoder::{embed_batch, Encoded};
+use super::backbone::Backbone;
+use super::encoder::Encoded;
 
 /// What the model worker can answer besides embeddings; the service turns it into its own
 /// error (429, 503, 500) at its edge.
@@ -47,7 +47,7 @@ impl Default for BatchConfig {
 }
 
 struct Job {
-    bert: Arc<Bert>,
+    model: Arc<Backbone>,
     items: Vec<Encoded>,
     reply: oneshot::Sender<anyhow::Result<Vec<Vec<f32>>>>,
     _permit: OwnedSemaphorePermit,
@@ -92,7 +92,7 @@ impl ModelWorker {
     /// Embeds for a request: answers `Overloaded` at once when the queue has no room.
     pub async fn try_embed(
         &self,
-        bert: &Arc<Bert>,
+        model: &Arc<Backbone>,
         items: Vec<Encoded>,
     ) -> Result<Vec<Vec<f32>>, WorkerError> {
         if items.is_empty() {
@@ -109,13 +109,13 @@ impl ModelWorker {
                     retry_after_secs: 1 + (self.queued_texts() / 100) as u64,
                 }
             })?;
-        self.submit(bert, items, permit).await
+        self.submit(model, items, permit).await
     }
 
     /// Embeds for internal bulk work: waits for room, in chunks the queue can hold.
     pub async fn embed(
         &self,
-        bert: &Arc<Bert>,
+        model: &Arc<Backbone>,
         items: Vec<Encoded>,
     ) -> Result<Vec<Vec<f32>>, WorkerError> {
         let chunk = (self.config.max_queue_texts / 4).max(1);
@@ -129,14 +129,14 @@ impl ModelWorker {
                 .acquire_many_owned(part.len() as u32)
                 .await
                 .map_err(|_| WorkerError::Stopped)?;
-            out.extend(self.submit(bert, part, permit).await?);
+            out.extend(self.submit(model, part, permit).await?);
         }
         Ok(out)
     }
 
     async fn submit(
         &self,
-        bert: &Arc<Bert>,
+        model: &Arc<Backbone>,
         items: Vec<Encoded>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Vec<Vec<f32>>, WorkerError> {
@@ -144,7 +144,7 @@ impl ModelWorker {
         metrics::gauge!("sw2s_model_queue_texts").set(self.queued_texts() as f64);
         self.tx
             .send(Job {
-                bert: bert.clone(),
+                model: model.clone(),
                 items,
                 reply,
                 _permit: permit,
@@ -163,11 +163,12 @@ fn run(rx: mpsc::Receiver<Job>, device: Device, config: BatchConfig) {
         }
         // Jobs for the same weights batch together; others run after.
         while !jobs.is_empty() {
-            let bert = jobs[0].bert.clone();
-            let (same, rest): (Vec<Job>, Vec<Job>) =
-                jobs.into_iter().partition(|j| Arc::ptr_eq(&j.bert, &bert));
+            let model = jobs[0].model.clone();
+            let (same, rest): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|j| Arc::ptr_eq(&j.model, &model));
             jobs = rest;
-            run_group(&bert, same, &device, &config);
+            run_group(&model, same, &device, &config);
         }
     }
     tracing::info!("model worker stopped");
@@ -179,7 +180,7 @@ fn abandoned(job: &Job) -> bool {
     job.reply.is_closed()
 }
 
-fn run_group(bert: &Bert, mut jobs: Vec<Job>, device: &Device, config: &BatchConfig) {
+fn run_group(model: &Backbone, mut jobs: Vec<Job>, device: &Device, config: &BatchConfig) {
     let before = jobs.len();
     jobs.retain(|j| !abandoned(j));
     if jobs.len() < before {
@@ -207,7 +208,7 @@ fn run_group(bert: &Bert, mut jobs: Vec<Job>, device: &Device, config: &BatchCon
         }
         let items: Vec<&Encoded> = batch.iter().map(|&(j, i)| &jobs[j].items[i]).collect();
         let started = Instant::now();
-        match embed_batch(bert, &items, device) {
+        match model.embed(&items, device) {
             Ok(vectors) => {
                 for (&(j, i), v) in batch.iter().zip(vectors) {
                     results[j][i] = Some(v);

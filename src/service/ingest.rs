@@ -161,8 +161,8 @@ impl Service {
         let encoded = self
             .model
             .tokenize(&texts, &|n| format!("examples[{}].text", fresh[n]))?;
-        let (bert, encoder_id) = self.task_encoder(&task).await?;
-        let vectors = self.model.worker.try_embed(&bert, encoded).await?;
+        let (model, encoder_id) = self.task_encoder(&task).await?;
+        let vectors = self.model.worker.try_embed(&model, encoded).await?;
         let embedding_of: HashMap<usize, Vec<u8>> = fresh
             .iter()
             .copied()

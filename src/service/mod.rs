@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 
 use crate::error::{Error, Result};
-use crate::model::bert::Bert;
+use crate::model::Backbone;
 use crate::model::Overlong;
 use crate::model::{BatchConfig, Encoded, Encoder, ModelInfo, ModelWorker, TextTokenizer};
 use crate::store::tasks::TaskRow;
@@ -57,7 +57,7 @@ impl Default for Limits {
 pub struct Model {
     pub worker: ModelWorker,
     pub tokenizer: Arc<TextTokenizer>,
-    pub base: Arc<Bert>,
+    pub base: Arc<Backbone>,
     pub info: ModelInfo,
     pub dir: PathBuf,
     pub overlong: Overlong,
@@ -71,7 +71,7 @@ impl Model {
         Ok(Self {
             worker,
             tokenizer: encoder.tokenizer,
-            base: encoder.bert,
+            base: encoder.backbone,
             info: encoder.info,
             dir: encoder.dir,
             overlong,

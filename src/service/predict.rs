@@ -114,7 +114,11 @@ impl Service {
         };
         let texts: Vec<&str> = req.texts.iter().map(|s| s.as_str()).collect();
         let encoded = self.model.tokenize(&texts, &|i| format!("texts[{i}]"))?;
-        let embeddings = self.model.worker.try_embed(&version.bert, encoded).await?;
+        let embeddings = self
+            .model
+            .worker
+            .try_embed(&version.backbone, encoded)
+            .await?;
         let tau = super::decide::tau_for(&task, Some(&version));
         let predictions = embeddings
             .iter()

@@ -99,6 +99,7 @@ impl Service {
         super::validation::task_name(&req.name)?;
         super::validation::labels(&req.labels)?;
         let settings = merge_settings(&TaskSettings::default(), req.settings.as_ref())?;
+        self.check_job_mode(settings.job_mode)?;
         let labels = serde_json::to_string(&req.labels).map_err(|e| Error::Internal(e.into()))?;
         let settings_json =
             serde_json::to_string(&settings).map_err(|e| Error::Internal(e.into()))?;
@@ -163,6 +164,7 @@ impl Service {
     pub async fn update_task(&self, name: &str, req: UpdateTask) -> Result<TaskView> {
         let task = self.task(name).await?;
         let settings = merge_settings(&task.settings, Some(&req.settings))?;
+        self.check_job_mode(settings.job_mode)?;
         let json = serde_json::to_string(&settings).map_err(|e| Error::Internal(e.into()))?;
         let mut tx = self.store.begin_write().await?;
         tasks::update_settings(tx.conn(), task.id, &json, now_ms()).await?;

@@ -9,8 +9,8 @@ use super::{Service, TaskCtx};
 use crate::error::{Error, Result};
 use crate::method::heads::Heads;
 use crate::method::pipeline::PipelineFit;
-use crate::model::bert::Bert;
 use crate::model::manifest::Manifest;
+use crate::model::Backbone;
 
 pub struct LoadedVersion {
     pub id: i64,
@@ -19,7 +19,7 @@ pub struct LoadedVersion {
     pub manifest: Manifest,
     /// The decision pipeline fitted with this version (None for versions made before).
     pub pipeline: Option<PipelineFit>,
-    pub bert: Arc<Bert>,
+    pub backbone: Arc<Backbone>,
     /// Stored with the embeddings this version's encoder makes.
     pub encoder_id: String,
     /// The fine-tuned encoder's weights, relative to the data dir (None: the base model).
@@ -42,11 +42,11 @@ impl Service {
             ))
         })?;
         let heads = Heads::from_safetensors(&row.heads)?;
-        let (bert, encoder_id) = match &row.encoder_path {
+        let (backbone, encoder_id) = match &row.encoder_path {
             Some(rel) => {
                 let path = self.data_dir.join(rel);
                 let dir = self.model.dir.clone();
-                let bert = tokio::task::spawn_blocking(move || -> anyhow::Result<Bert> {
+                let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Backbone> {
                     let config = crate::model::encoder::read_config(&dir)?;
                     crate::model::encoder::load_bert(
                         &config,
@@ -54,13 +54,14 @@ impl Service {
                         None,
                         &candle_core::Device::Cpu,
                     )
+                    .map(Backbone::from)
                 })
                 .await
                 .map_err(|e| Error::Internal(e.into()))?
                 .with_context(|| {
                     format!("loading the fine-tuned encoder of version id {version_id}")
                 })?;
-                (Arc::new(bert), fine_tuned_encoder_id(rel))
+                (Arc::new(model), fine_tuned_encoder_id(rel))
             }
             None => (self.model.base.clone(), self.model.base_encoder_id()),
         };
@@ -78,7 +79,7 @@ impl Service {
             heads,
             pipeline,
             manifest,
-            bert,
+            backbone,
             encoder_id,
             encoder_path: row.encoder_path.clone(),
         });
@@ -110,9 +111,9 @@ impl Service {
     }
 
     /// The encoder that embeds this task's texts now, and the id its embeddings carry.
-    pub async fn task_encoder(&self, task: &TaskCtx) -> Result<(Arc<Bert>, String)> {
+    pub async fn task_encoder(&self, task: &TaskCtx) -> Result<(Arc<Backbone>, String)> {
         match self.active_version(task).await? {
-            Some(v) => Ok((v.bert.clone(), v.encoder_id.clone())),
+            Some(v) => Ok((v.backbone.clone(), v.encoder_id.clone())),
             None => Ok((self.model.base.clone(), self.model.base_encoder_id())),
         }
     }

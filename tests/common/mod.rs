@@ -22,6 +22,8 @@ pub enum ModelKind {
     Tiny,
     /// all-MiniLM-L6-v2, fetched once per machine into a shared cache.
     Real,
+    /// A model of the catalogue by name (`smollm2-135m`, …), fetched like `Real`.
+    Catalogue(&'static str),
 }
 
 pub fn admin_url() -> String {
@@ -82,13 +84,23 @@ pub fn real_model_dir() -> PathBuf {
         if let Ok(dir) = std::env::var("SW2S_TEST_MODEL_DIR") {
             return PathBuf::from(dir);
         }
-        let cache = std::env::var("SW2S_TEST_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| std::env::temp_dir().join("sw2s-test-cache"));
-        sw2s::model::fetch::ensure_default_model(&cache)
+        sw2s::model::fetch::ensure_default_model(&test_cache())
             .expect("fetching the default model for tests")
     })
     .clone()
+}
+
+fn test_cache() -> PathBuf {
+    std::env::var("SW2S_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("sw2s-test-cache"))
+}
+
+/// A catalogue model's directory, fetched once per machine into the shared test cache.
+pub fn catalogue_model_dir(name: &str) -> PathBuf {
+    let entry = sw2s::model::catalogue::find(name).expect("a catalogue model");
+    sw2s::model::fetch::ensure_model(&test_cache(), entry)
+        .unwrap_or_else(|e| panic!("fetching {name} for tests: {e:#}"))
 }
 
 pub fn tiny_model_dir(root: &Path) -> PathBuf {
@@ -149,6 +161,11 @@ impl TestServer {
             ModelKind::Real => tokio::task::spawn_blocking(real_model_dir)
                 .await
                 .expect("model dir"),
+            ModelKind::Catalogue(name) => {
+                tokio::task::spawn_blocking(move || catalogue_model_dir(name))
+                    .await
+                    .expect("model dir")
+            }
         };
         let mut server = Self {
             addr: "127.0.0.1:0".parse().unwrap(),

@@ -13,6 +13,7 @@ mod data;
 mod api;
 mod crash;
 mod decisions;
+mod decoder;
 mod deploy;
 mod fuzz;
 mod graph_recovery;

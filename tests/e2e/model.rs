@@ -73,7 +73,7 @@ async fn batching_is_invisible_to_results() {
         .await
         .unwrap()
         .unwrap();
-    let bert = encoder.bert.clone();
+    let bert = encoder.backbone.clone();
     let texts = [
         "short",
         "a medium length sentence about the weather today",
@@ -310,4 +310,89 @@ async fn ingest_stores_embeddings_and_predict_needs_a_version() {
         "not_found",
     );
     s.finish().await;
+}
+
+/// all-mpnet-base-v2 through sw2s's own MPNet port matches sentence-transformers
+/// (scripts/reference_embeddings.py), the 400-word text cut at its 384 tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpnet_matches_sentence_transformers() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/mpnet_reference.json")).unwrap();
+    let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone()).unwrap();
+    let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["embeddings"].clone()).unwrap();
+    let dir = tokio::task::spawn_blocking(|| crate::common::catalogue_model_dir("mpnet-base"))
+        .await
+        .unwrap();
+    let encoder = tokio::task::spawn_blocking(move || Encoder::load(&dir))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(encoder.info.family, "mpnet");
+    assert_eq!(encoder.info.dims, 768);
+    assert_eq!(encoder.info.max_length, 384);
+    assert!(encoder.info.trainable(), "MPNet is trainable like BERT");
+    let texts: Vec<&str> = sentences.iter().map(|s| s.as_str()).collect();
+    let encoded = encoder
+        .tokenizer
+        .tokenize(&texts, Overlong::Truncate)
+        .unwrap();
+    let refs: Vec<&sw2s::model::Encoded> = encoded.iter().collect();
+    let got = encoder.backbone.embed(&refs, &encoder.device).unwrap();
+    let worst = got
+        .iter()
+        .zip(&reference)
+        .map(|(g, r)| cosine(g, r))
+        .fold(1.0, f64::min);
+    eprintln!("MPNet parity with sentence-transformers: lowest cosine {worst:.7}");
+    assert!(worst >= 0.9999, "lowest cosine {worst}");
+}
+
+/// DistilBERT, XLM-RoBERTa and ModernBERT run through candle-transformers: tiny random
+/// models written by transformers (scripts/reference_encoders.py) give the features
+/// transformers gives, batched with padding here against each text alone there.
+#[test]
+fn candle_transformers_encoders_match_transformers() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("reference.json")).unwrap())
+            .unwrap();
+    let texts: Vec<Vec<u32>> = serde_json::from_value(reference["texts"].clone()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // Any tokenizer.json will do: the test feeds the reference's token ids directly.
+    sw2s::model::testing::write_tiny_bert(&tmp.path().join("tiny"), 1).unwrap();
+    for family in ["distilbert", "xlm-roberta", "modernbert"] {
+        let dir = tmp.path().join(family);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixtures.join(family).join(file), dir.join(file)).unwrap();
+        }
+        std::fs::copy(
+            tmp.path().join("tiny/tokenizer.json"),
+            dir.join("tokenizer.json"),
+        )
+        .unwrap();
+        let encoder = Encoder::load(&dir).unwrap_or_else(|e| panic!("{family}: {e:#}"));
+        assert_eq!(encoder.info.family, family);
+        assert_eq!(encoder.info.pooling, "mean");
+        assert_eq!(encoder.info.jobs, vec!["head".to_string()], "{family}");
+        let encoded: Vec<sw2s::model::Encoded> = texts
+            .iter()
+            .map(|ids| sw2s::model::Encoded {
+                ids: ids.clone(),
+                type_ids: vec![0; ids.len()],
+                truncated: false,
+            })
+            .collect();
+        let refs: Vec<&sw2s::model::Encoded> = encoded.iter().collect();
+        let got = encoder.backbone.embed(&refs, &encoder.device).unwrap();
+        let want: Vec<Vec<f32>> =
+            serde_json::from_value(reference["families"][family].clone()).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| cosine(g, w))
+            .fold(1.0, f64::min);
+        eprintln!("{family}: lowest cosine to transformers {worst:.7}");
+        assert!(worst >= 0.9999, "{family}: lowest cosine {worst}");
+    }
 }

@@ -26,7 +26,7 @@ async fn smoothing_settings_on_sst2() {
         .unwrap();
     let worker =
         sw2s::model::ModelWorker::start(encoder.device.clone(), Default::default()).unwrap();
-    let emb = worker.embed(&encoder.bert, tokens).await.unwrap();
+    let emb = worker.embed(&encoder.backbone, tokens).await.unwrap();
     let gold: Vec<usize> = rows.iter().map(|r| r.label).collect();
     let accuracy = |labels: &[usize]| {
         labels.iter().zip(&gold).filter(|(a, b)| a == b).count() as f64 / n as f64

@@ -60,7 +60,7 @@ impl Service {
             .as_i64()
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("reembed job without version_id")))?;
         let version = self.load_version(version_id).await?;
-        let embeddings = self.embed_task(task, &version.bert, progress).await?;
+        let embeddings = self.embed_task(task, &version.backbone, progress).await?;
         progress.check()?;
         progress.stage("activating");
         let mut tx = self.store.begin_task_write(task.id).await?;
@@ -115,11 +115,11 @@ impl Service {
         Ok(encoded)
     }
 
-    /// Embeds every example of the task with `bert`, with progress.
+    /// Embeds every example of the task with `model`, with progress.
     pub(super) async fn embed_task(
         &self,
         task: &TaskCtx,
-        bert: &Arc<crate::model::bert::Bert>,
+        model: &Arc<crate::model::Backbone>,
         progress: &Arc<Progress>,
     ) -> Result<HashMap<i64, Vec<f32>>> {
         let total = crate::store::tasks::counts(self.store.pool(), task.id)
@@ -140,7 +140,7 @@ impl Service {
                 .model
                 .tokenizer
                 .tokenize(&refs, crate::model::Overlong::Truncate)?;
-            let vectors = self.model.worker.embed(bert, encoded).await?;
+            let vectors = self.model.worker.embed(model, encoded).await?;
             out.extend(rows.iter().map(|r| r.id).zip(vectors));
             progress.set(json!({ "done": out.len(), "total": total }));
         }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{CreateJob, JobKind, JobList, JobState, JobView, Progress, Trigger};
 use crate::error::{Error, Result};
+use crate::service::settings::JobMode;
 use crate::service::{Service, TaskCtx};
 use crate::store::jobs::{self, JobRow};
 use crate::store::{is_unique_violation, now_ms};
@@ -19,6 +20,23 @@ pub(super) struct Finished {
 }
 
 impl Service {
+    /// `full` jobs fine-tune the encoder, which only the project's own BERT can do: on a
+    /// quantized decoder LM they are refused (422), as a job request or as a task setting.
+    pub fn check_job_mode(&self, mode: JobMode) -> Result<()> {
+        if mode == JobMode::Full && !self.model.info.trainable() {
+            return Err(Error::invalid(
+                "model_not_trainable",
+                format!(
+                    "`full` jobs fine-tune the encoder, and the served model ({}, {} {}) cannot be \
+                     trained here: quantized decoder LMs serve `head` jobs only (linear heads and \
+                     P(IK) on their hidden states). Use mode `head`, or serve a BERT-family model",
+                    self.model.info.model_id, self.model.info.family, self.model.info.dtype
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn create_job(&self, task_name: &str, req: CreateJob) -> Result<JobView> {
         let task = self.task(task_name).await?;
         let kind = JobKind::from(req.mode.unwrap_or(task.settings.job_mode));
@@ -37,6 +55,9 @@ impl Service {
         params: Value,
         retry_of: Option<i64>,
     ) -> Result<JobRow> {
+        if kind == JobKind::Full {
+            self.check_job_mode(JobMode::Full)?;
+        }
         let mut tx = self.store.begin_write().await?;
         let inserted = jobs::insert(
             tx.conn(),

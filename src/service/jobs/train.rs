@@ -353,9 +353,10 @@ impl Service {
         let bert = {
             let model_dir = self.model.dir.clone();
             let file = encoder_file.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<crate::model::bert::Bert> {
+            tokio::task::spawn_blocking(move || -> anyhow::Result<crate::model::Backbone> {
                 let config = crate::model::encoder::read_config(&model_dir)?;
                 crate::model::encoder::load_bert(&config, &file, None, &candle_core::Device::Cpu)
+                    .map(crate::model::Backbone::from)
             })
             .await
             .map_err(|e| Error::Internal(e.into()))??

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Embedding speed of every catalogue model: `sw2s bench embed` beside PyTorch on the same
+# texts, in one run. Makes (once) a virtual environment it owns for the PyTorch side.
+#
+#   scripts/bench_models.sh [DATA.jsonl] [LIMIT]
+#
+# DATA defaults to SST-2 validation sentences from ../shared/datasets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data="${1:-../shared/datasets/sst2/validation.jsonl}"
+limit="${2:-256}"
+venv="${SW2S_BENCH_VENV:-$HOME/.cache/sw2s/bench-venv}"
+data_dir="${SW2S_DATA_DIR:-./data}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --disable-pip-version-check -q torch transformers gguf accelerate sentence-transformers
+fi
+cargo build --release --quiet
+sw2s=target/release/sw2s
+[ -n "${CARGO_TARGET_DIR:-}" ] && sw2s="$CARGO_TARGET_DIR/release/sw2s"
+for model in minilm smollm2-135m gemma3-270m; do
+  echo "## $model"
+  dir=$("$sw2s" fetch-model --data-dir "$data_dir" --model "$model")
+  "$sw2s" bench embed --data-dir "$data_dir" --model "$model" --data "$data" --limit "$limit" \
+    --thread-counts 1,2 --batch-sizes 8,32
+  if [ "$model" = minilm ]; then
+    "$venv/bin/python" scripts/bench_pytorch.py "$dir" "$data" "$limit"
+  else
+    "$venv/bin/python" scripts/bench_decoder_pytorch.py "$(ls "$dir"/*.gguf)" "$data" "$limit"
+  fi
+done

@@ -1,0 +1,254 @@
+//! Decoder LMs as strong models: quantized GGUF files (Llama family — SmolLM2 — and Gemma 3)
+//! run by candle-transformers' own quantized models (Gemma 3 through a vendored copy with an
+//! activation fix, see `vendored`). The features of a text are the hidden
+//! state of its last token after the final norm, as in the P(IK) literature, scaled to unit
+//! length like the BERT family's sentence embeddings (the vector index compares by cosine, and
+//! the linear heads' AdamW settings assume features of that scale).
+//!
+//! candle-transformers' `ModelWeights::forward` returns only the last token's logits, i.e.
+//! `output · norm(h_last)`. Loading the model with `output.weight` replaced by an F32
+//! identity matrix makes that forward return `norm(h_last)` itself, so the maintained model
+//! code runs unchanged. The model has no padding mask, so texts are batched only with texts
+//! of the same token length (a causal model would otherwise read the padding).
+//!
+//! Small models are dequantized to F32 at load (the same rewrite of the tensor table): candle's
+//! CPU quantized kernels are slow here — SmolLM2's Q4_1 ran at 0.7 SciQ sentences/s on 2
+//! cores, Gemma 3's Q4_K_M at 1.2 — while F32 goes through the AVX-512 `gemm`. Models whose F32 weights would pass
+//! `DEQUANTIZE_LIMIT_BYTES` stay quantized.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context};
+use candle_core::quantized::gguf_file::{Content, TensorInfo};
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama;
+
+use super::vendored::quantized_gemma3;
+
+use super::encoder::Encoded;
+
+/// Longest input served by default: long enough for a question with its support paragraph,
+/// short enough to keep CPU latency sane (attention is quadratic).
+pub const DEFAULT_MAX_TOKENS: usize = 1024;
+
+/// Dequantize the weights when their F32 copy fits in this many bytes.
+pub const DEQUANTIZE_LIMIT_BYTES: usize = 3 << 30;
+
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Gemma3(quantized_gemma3::ModelWeights),
+}
+
+/// A quantized decoder LM that embeds texts (no generation).
+pub struct DecoderLm {
+    weights: Mutex<Weights>,
+    pub architecture: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub context_length: usize,
+    /// The GGUF file type, e.g. `Q4_1`, `Q4_K_M`.
+    pub quantisation: String,
+    /// Whether the weights were dequantized to F32 at load (see the module comment).
+    pub dequantized: bool,
+}
+
+/// What the GGUF header says, read without loading the weights.
+pub struct GgufHeader {
+    pub content: Content,
+    pub architecture: String,
+}
+
+pub fn read_header(path: &Path) -> anyhow::Result<GgufHeader> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let content = Content::read(&mut file)
+        .map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+    let architecture = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .with_context(|| format!("{} names no general.architecture", path.display()))?;
+    Ok(GgufHeader {
+        content,
+        architecture,
+    })
+}
+
+fn md_u32(ct: &Content, key: &str) -> anyhow::Result<usize> {
+    ct.metadata
+        .get(key)
+        .and_then(|v| v.to_u32().ok())
+        .map(|v| v as usize)
+        .with_context(|| format!("the GGUF metadata has no {key}"))
+}
+
+/// llama.cpp's `general.file_type` names.
+fn file_type_name(code: Option<u32>) -> String {
+    match code {
+        Some(0) => "F32",
+        Some(1) => "F16",
+        Some(2) => "Q4_0",
+        Some(3) => "Q4_1",
+        Some(7) => "Q8_0",
+        Some(8) => "Q5_0",
+        Some(9) => "Q5_1",
+        Some(10) => "Q2_K",
+        Some(11) => "Q3_K_S",
+        Some(12) => "Q3_K_M",
+        Some(13) => "Q3_K_L",
+        Some(14) => "Q4_K_S",
+        Some(15) => "Q4_K_M",
+        Some(16) => "Q5_K_S",
+        Some(17) => "Q5_K_M",
+        Some(18) => "Q6_K",
+        Some(32) => "BF16",
+        _ => "unknown",
+    }
+    .to_string()
+}
+
+impl DecoderLm {
+    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        let GgufHeader {
+            mut content,
+            architecture,
+        } = read_header(path)?;
+        let arch = architecture.as_str();
+        if !matches!(arch, "llama" | "gemma3") {
+            bail!(
+                "{}: GGUF architecture {arch:?} is not supported (llama and gemma3 are)",
+                path.display()
+            );
+        }
+        let hidden = md_u32(&content, &format!("{arch}.embedding_length"))?;
+        let layers = md_u32(&content, &format!("{arch}.block_count"))?;
+        let context_length = md_u32(&content, &format!("{arch}.context_length"))?;
+        let quantisation = file_type_name(
+            content
+                .metadata
+                .get("general.file_type")
+                .and_then(|v| v.to_u32().ok()),
+        );
+        let mut bytes =
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let f32_bytes: usize = content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() * 4)
+            .sum();
+        let dequantized = f32_bytes <= DEQUANTIZE_LIMIT_BYTES;
+        if dequantized {
+            let names: Vec<String> = content
+                .tensor_infos
+                .iter()
+                .filter(|(_, t)| t.ggml_dtype != GgmlDType::F32)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in names {
+                let qtensor = {
+                    let mut reader = Cursor::new(&bytes);
+                    content.tensor(&mut reader, &name, &Device::Cpu)?
+                };
+                let values = qtensor
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let offset = bytes.len() as u64 - content.tensor_data_offset;
+                bytes.reserve(values.len() * 4);
+                for v in values {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+                if let Some(info) = content.tensor_infos.get_mut(&name) {
+                    info.ggml_dtype = GgmlDType::F32;
+                    info.offset = offset;
+                }
+            }
+        }
+        // The identity output head goes after the file's data (see the module comment).
+        let offset = bytes.len() as u64 - content.tensor_data_offset;
+        bytes.reserve(hidden * hidden * 4);
+        for row in 0..hidden {
+            for col in 0..hidden {
+                let v: f32 = if row == col { 1.0 } else { 0.0 };
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        content.tensor_infos.insert(
+            "output.weight".to_string(),
+            TensorInfo {
+                ggml_dtype: GgmlDType::F32,
+                shape: (hidden, hidden).into(),
+                offset,
+            },
+        );
+        let mut reader = Cursor::new(bytes);
+        let weights = match arch {
+            "llama" => Weights::Llama(
+                quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
+                    .with_context(|| format!("building the Llama model from {}", path.display()))?,
+            ),
+            _ => Weights::Gemma3(
+                quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device)
+                    .with_context(|| {
+                        format!("building the Gemma 3 model from {}", path.display())
+                    })?,
+            ),
+        };
+        Ok(Self {
+            weights: Mutex::new(weights),
+            architecture,
+            hidden,
+            layers,
+            context_length,
+            quantisation,
+            dequantized,
+        })
+    }
+
+    /// The last token's final hidden state for each text, in input order.
+    pub fn embed(&self, batch: &[&Encoded], device: &Device) -> candle_core::Result<Vec<Vec<f32>>> {
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].len());
+        let mut weights = self
+            .weights
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the decoder's lock was poisoned".into()))?;
+        for group in order.chunk_by(|&a, &b| batch[a].len() == batch[b].len()) {
+            let len = batch[group[0]].len();
+            if len == 0 {
+                for &i in group {
+                    out[i] = Some(vec![0.0; self.hidden]);
+                }
+                continue;
+            }
+            let ids: Vec<u32> = group
+                .iter()
+                .flat_map(|&i| batch[i].ids.iter().copied())
+                .collect();
+            let input = Tensor::from_vec(ids, (group.len(), len), device)?;
+            let hidden = match &mut *weights {
+                Weights::Llama(m) => m.forward(&input, 0)?,
+                Weights::Gemma3(m) => m.forward(&input, 0)?,
+            };
+            for (&i, mut v) in group.iter().zip(hidden.to_vec2::<f32>()?) {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                out[i] = Some(v);
+            }
+        }
+        // Each forward keeps a KV cache for generation; embedding never reuses it.
+        if let Weights::Llama(m) = &mut *weights {
+            m.clear_kv_cache();
+        }
+        out.into_iter()
+            .map(|v| v.ok_or_else(|| candle_core::Error::Msg("a text was not embedded".into())))
+            .collect()
+    }
+}
