@@ -430,12 +430,15 @@ pub fn normalize_names(tensors: HashMap<String, Tensor>) -> HashMap<String, Tens
 
 /// Loads and normalises the weights of a safetensors file into F32 tensors.
 pub fn load_weights(path: &std::path::Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let tensors = candle_core::safetensors::load(path, device)?;
-    let tensors = tensors
+    Ok(normalize_names(load_f32(path, device)?))
+}
+
+/// Every tensor of a safetensors file as F32, under its own name.
+pub fn load_f32(path: &std::path::Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device)?
         .into_iter()
         .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-        .collect::<Result<HashMap<_, _>>>()?;
-    Ok(normalize_names(tensors))
+        .collect()
 }
 
 #[cfg(test)]

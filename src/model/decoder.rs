@@ -112,11 +112,12 @@ fn file_type_name(code: Option<u32>) -> String {
 }
 
 impl DecoderLm {
-    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
+    /// Loads the model from `path`, whose header `read_header` has read.
+    pub fn load(path: &Path, header: GgufHeader, device: &Device) -> anyhow::Result<Self> {
         let GgufHeader {
             mut content,
             architecture,
-        } = read_header(path)?;
+        } = header;
         let arch = architecture.as_str();
         if !matches!(arch, "llama" | "gemma3") {
             bail!(

@@ -222,18 +222,22 @@ pub fn read_config(dir: &Path) -> anyhow::Result<BertConfig> {
 }
 
 /// The longest input the model was trained for: sentence-transformers' `max_seq_length`
-/// when present, else the position-embedding table size.
-pub fn max_length(dir: &Path, config: &BertConfig) -> usize {
+/// when present, else the `positions` its position table can number.
+pub fn max_length(dir: &Path, positions: usize) -> usize {
     let st = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get("max_seq_length").and_then(|m| m.as_u64()));
-    // RoBERTa-family tables start after the padding position.
-    let positions = config.max_position_embeddings - config.position_offset() as usize;
     match st {
         Some(n) => (n as usize).min(positions),
         None => positions,
     }
+}
+
+/// Positions a BERT-family model can number (RoBERTa-family tables start after the padding
+/// position).
+fn bert_positions(config: &BertConfig) -> usize {
+    config.max_position_embeddings - config.position_offset() as usize
 }
 
 /// Builds a BERT from a weights file with the given config (base or fine-tuned weights).
@@ -302,15 +306,17 @@ impl Encoder {
         let device = Device::Cpu;
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let header = super::decoder::read_header(file)?;
-        let lm = DecoderLm::load(file, &device)?;
-        let max_length = lm.context_length.min(super::decoder::DEFAULT_MAX_TOKENS);
-        let tokenizer = if dir.join("tokenizer.json").is_file() {
-            TextTokenizer::load(&dir, max_length)?
+        // The tokenizer reads the header's metadata before the model takes the header over.
+        let gguf_tokenizer = if dir.join("tokenizer.json").is_file() {
+            None
         } else {
-            TextTokenizer::new(
-                super::gguf_tokenizer::from_gguf(&header.content)?,
-                max_length,
-            )?
+            Some(super::gguf_tokenizer::from_gguf(&header.content)?)
+        };
+        let lm = DecoderLm::load(file, header, &device)?;
+        let max_length = lm.context_length.min(super::decoder::DEFAULT_MAX_TOKENS);
+        let tokenizer = match gguf_tokenizer {
+            Some(tokenizer) => TextTokenizer::new(tokenizer, max_length)?,
+            None => TextTokenizer::load(&dir, max_length)?,
         };
         let sha256 = crate::fsio::sha256_file(file)?;
         Ok(Self {
@@ -344,11 +350,8 @@ impl Encoder {
         device: Device,
     ) -> anyhow::Result<Self> {
         let weights = dir.join("model.safetensors");
-        let tensors = candle_core::safetensors::load(&weights, &device)
-            .with_context(|| format!("loading {}", weights.display()))?
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-            .collect::<candle_core::Result<std::collections::HashMap<_, _>>>()?;
+        let tensors = super::bert::load_f32(&weights, &device)
+            .with_context(|| format!("loading {}", weights.display()))?;
         let positions = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
         // XLM-RoBERTa numbers positions after the padding index.
         let positions = if kind == "xlm-roberta" {
@@ -356,11 +359,7 @@ impl Encoder {
         } else {
             positions
         };
-        let st_max = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["max_seq_length"].as_u64());
-        let max_length = st_max.map_or(positions, |n| (n as usize).min(positions));
+        let max_length = max_length(dir, positions);
         let tokenizer = TextTokenizer::load(dir, max_length)?;
         let sha256 = crate::fsio::sha256_file(&weights)?;
         let encoder = super::ct_encoder::CtEncoder::load(dir, raw, tensors, &device)
@@ -408,7 +407,7 @@ impl Encoder {
             return Self::load_ct_encoder(dir, raw, &kind, device);
         }
         let config = read_config(dir)?;
-        let max_length = max_length(dir, &config);
+        let max_length = max_length(dir, bert_positions(&config));
         let tokenizer = TextTokenizer::load(dir, max_length)?;
         let weights = dir.join("model.safetensors");
         let sha256 = crate::fsio::sha256_file(&weights)?;

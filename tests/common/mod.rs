@@ -103,6 +103,14 @@ pub fn catalogue_model_dir(name: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("fetching {name} for tests: {e:#}"))
 }
 
+/// A catalogue model, fetched as above and loaded in process.
+pub async fn catalogue_encoder(name: &'static str) -> sw2s::model::Encoder {
+    tokio::task::spawn_blocking(move || sw2s::model::Encoder::load(&catalogue_model_dir(name)))
+        .await
+        .expect("loading thread")
+        .unwrap_or_else(|e| panic!("loading {name}: {e:#}"))
+}
+
 pub fn tiny_model_dir(root: &Path) -> PathBuf {
     let dir = root.join("tiny-bert");
     sw2s::model::testing::write_tiny_bert(&dir, 42).expect("write tiny bert");

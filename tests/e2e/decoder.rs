@@ -3,18 +3,12 @@
 //! job with a trained P(IK) on its hidden states, decisions, and `full` refused with 422.
 
 use crate::common::{
-    assert_error, catalogue_model_dir, wait_job, Backend, ModelKind, Options, TestServer,
+    assert_error, catalogue_encoder, wait_job, Backend, ModelKind, Options, TestServer,
 };
+use crate::model::cosine;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sw2s::model::{Encoder, Overlong};
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
+use sw2s::model::Overlong;
 
 /// Against the float model transformers dequantizes from the same GGUF file
 /// (scripts/reference_decoder.py): the same token ids, and the same features (sw2s also
@@ -22,13 +16,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// quantizes activations to 8 bits per block and SmolLM2 measured cosine 0.9995).
 async fn parity(name: &'static str, fixture: &str, dims: usize, family: &str, tolerance: f64) {
     let fixture: Value = serde_json::from_str(fixture).unwrap();
-    let dir = tokio::task::spawn_blocking(move || catalogue_model_dir(name))
-        .await
-        .unwrap();
-    let encoder = tokio::task::spawn_blocking(move || Encoder::load(&dir))
-        .await
-        .unwrap()
-        .unwrap();
+    let encoder = catalogue_encoder(name).await;
     assert_eq!(encoder.info.family, family);
     assert_eq!(encoder.info.pooling, "last_token");
     assert_eq!(encoder.info.dims, dims);

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use sw2s::model::Overlong;
 use sw2s::model::{BatchConfig, Encoder, ModelWorker};
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
         .iter()
         .zip(b)
@@ -320,13 +320,7 @@ async fn mpnet_matches_sentence_transformers() {
         serde_json::from_str(include_str!("../fixtures/mpnet_reference.json")).unwrap();
     let sentences: Vec<String> = serde_json::from_value(fixture["sentences"].clone()).unwrap();
     let reference: Vec<Vec<f32>> = serde_json::from_value(fixture["embeddings"].clone()).unwrap();
-    let dir = tokio::task::spawn_blocking(|| crate::common::catalogue_model_dir("mpnet-base"))
-        .await
-        .unwrap();
-    let encoder = tokio::task::spawn_blocking(move || Encoder::load(&dir))
-        .await
-        .unwrap()
-        .unwrap();
+    let encoder = crate::common::catalogue_encoder("mpnet-base").await;
     assert_eq!(encoder.info.family, "mpnet");
     assert_eq!(encoder.info.dims, 768);
     assert_eq!(encoder.info.max_length, 384);
