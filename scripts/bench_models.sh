@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Embedding speed of every catalogue model: `sw2s bench embed` beside PyTorch on the same
-# texts, in one run. Makes (once) a virtual environment it owns for the PyTorch side.
+# texts, in one run (for the GGUF decoders, scripts/bench_decoder_pytorch.py after it).
+# Makes (once) a virtual environment it owns for the PyTorch side.
 #
 #   scripts/bench_models.sh [DATA.jsonl] [LIMIT]
 #
@@ -18,14 +19,14 @@ fi
 cargo build --release --quiet
 sw2s=target/release/sw2s
 [ -n "${CARGO_TARGET_DIR:-}" ] && sw2s="$CARGO_TARGET_DIR/release/sw2s"
-for model in minilm smollm2-135m gemma3-270m; do
+for model in minilm mpnet-base smollm2-135m gemma3-270m; do
   echo "## $model"
   dir=$("$sw2s" fetch-model --data-dir "$data_dir" --model "$model")
+  # BERT-family models: sw2s bench embed runs sentence-transformers itself, alternating.
   "$sw2s" bench embed --data-dir "$data_dir" --model "$model" --data "$data" --limit "$limit" \
-    --thread-counts 1,2 --batch-sizes 8,32
-  if [ "$model" = minilm ]; then
-    "$venv/bin/python" scripts/bench_pytorch.py "$dir" "$data" "$limit"
-  else
-    "$venv/bin/python" scripts/bench_decoder_pytorch.py "$(ls "$dir"/*.gguf)" "$data" "$limit"
-  fi
+    --thread-counts 1,2 --batch-sizes 8,32 --venv "$venv"
+  case "$model" in
+    smollm2-135m|gemma3-270m)
+      "$venv/bin/python" scripts/bench_decoder_pytorch.py "$(ls "$dir"/*.gguf)" "$data" "$limit" ;;
+  esac
 done

@@ -237,8 +237,13 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchKind {
-    /// Encoder throughput.
+    /// Encoder throughput, in process (and with `--http` through `/v1/embed`), beside
+    /// sentence-transformers.
     Embed(EmbedBench),
+    /// Fine-tuning throughput (forward, backward, AdamW) beside a PyTorch loop.
+    Finetune(FinetuneBench),
+    /// Ingest throughput over HTTP (SQLite or PostgreSQL) beside the raw encoder.
+    Ingest(IngestBench),
     /// Incremental graph smoothing against full passes.
     Graph(GraphBench),
 }
@@ -256,7 +261,76 @@ pub struct EmbedBench {
     pub thread_counts: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     pub batch_sizes: Vec<usize>,
-    /// Runs per configuration (the median is reported).
+    /// Runs per configuration (the median is reported); the sides alternate run by run.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Also measure through `POST /v1/embed` of a server this command starts.
+    #[arg(long)]
+    pub http: bool,
+    /// Skip candle's padded path (e.g. to profile the packed one alone).
+    #[arg(long)]
+    pub no_padded: bool,
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// The PyTorch side of a benchmark.
+#[derive(Args, Debug, Clone)]
+pub struct BaselineArgs {
+    /// Skip the PyTorch side.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// The virtual environment for the PyTorch side, made with pip on first use
+    /// (default: DATA_DIR/bench-venv).
+    #[arg(long, env = "SW2S_BENCH_VENV")]
+    pub venv: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneBench {
+    /// JSONL file with "text" (and "label") per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Texts per run (one epoch over them).
+    #[arg(long, default_value_t = 464)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Longest training input in tokens (as `full` jobs cut them).
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    pub thread_counts: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestBench {
+    /// JSONL file with "text" (and "label", "label_names") per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Examples per run (the model's threads are `--threads`, default 2 here).
+    #[arg(long, default_value_t = 1024)]
+    pub limit: usize,
+    /// Examples per request.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Clients sending requests at the same time.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// `postgres://…` to measure on PostgreSQL: the benchmark makes a fresh database on that
+    /// server and drops it after; default SQLite in a temporary directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     #[command(flatten)]

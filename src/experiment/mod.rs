@@ -183,7 +183,9 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
                     Some(n),
                     &candle_core::Device::Cpu,
                 )?;
-                Ok(std::sync::Arc::new(bert.into()))
+                Ok(std::sync::Arc::new(crate::model::Backbone::from_bert(
+                    &bert,
+                )?))
             },
         )?),
         _ => None,

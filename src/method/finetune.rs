@@ -10,6 +10,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use super::adamw::FusedAdamW;
 use super::heads::LinearHead;
 use super::training::{Cancelled, EpochReport};
 use crate::model::bert::{Bert, BertConfig, Pass};
@@ -83,7 +84,7 @@ pub fn finetune(
         device,
     )?)?;
     let b = Var::from_tensor(&Tensor::from_slice(&head_init.bias, k, device)?)?;
-    let mut enc_opt = AdamW::new(
+    let mut enc_opt = FusedAdamW::new(
         model.varmap.all_vars(),
         ParamsAdamW {
             lr: params.lr,

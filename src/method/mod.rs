@@ -4,6 +4,7 @@
 //! training (heads, encoder fine-tuning). Nothing here does I/O; tests call it directly.
 //! Label spreading lives with the graph (`graph::spreading`).
 
+pub mod adamw;
 pub mod confidence;
 pub mod finetune;
 pub mod heads;

@@ -1,5 +1,6 @@
 //! One interface over the model families sw2s runs as its strong model: the project's own
-//! trainable BERT and MPNet (mean pooling, what `full` jobs fine-tune), encoders run by
+//! BERT and MPNet (mean pooling, what `full` jobs fine-tune; served through the packed
+//! inference path, trained through the candle `Bert`), encoders run by
 //! candle-transformers (DistilBERT, XLM-RoBERTa, ModernBERT) and quantized decoder LMs
 //! (last-token hidden state); the last two serve `head` jobs only. Everything above the model layer holds an
 //! `Arc<Backbone>` and asks it for features.
@@ -9,26 +10,37 @@ use candle_core::Device;
 use super::bert::Bert;
 use super::ct_encoder::CtEncoder;
 use super::decoder::DecoderLm;
-use super::encoder::{embed_batch, Encoded};
+use super::encoder::Encoded;
+use super::packed::PackedBert;
 
 pub enum Backbone {
-    Bert(Bert),
+    Bert(PackedBert),
     /// An encoder from candle-transformers.
     Library(CtEncoder),
     Decoder(DecoderLm),
 }
 
-impl From<Bert> for Backbone {
-    fn from(bert: Bert) -> Self {
-        Self::Bert(bert)
-    }
-}
-
 impl Backbone {
+    /// Serves a loaded BERT-family model (base or fine-tuned) through the packed path.
+    pub fn from_bert(bert: &Bert) -> candle_core::Result<Self> {
+        Ok(Self::Bert(PackedBert::from_bert(bert)?))
+    }
+
+    /// Serves fine-tuned weights (`weights`, a safetensors file) of the BERT-family model in
+    /// `model_dir` (whose config.json describes them).
+    pub fn fine_tuned(
+        model_dir: &std::path::Path,
+        weights: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let config = super::encoder::read_config(model_dir)?;
+        let bert = super::encoder::load_bert(&config, weights, None, &Device::Cpu)?;
+        Ok(Self::from_bert(&bert)?)
+    }
+
     /// One feature vector per text, in input order (no gradients).
     pub fn embed(&self, batch: &[&Encoded], device: &Device) -> candle_core::Result<Vec<Vec<f32>>> {
         match self {
-            Self::Bert(bert) => embed_batch(bert, batch, device),
+            Self::Bert(bert) => bert.embed(batch),
             Self::Library(encoder) => encoder.embed(batch, device),
             Self::Decoder(lm) => lm.embed(batch, device),
         }
@@ -39,14 +51,6 @@ impl Backbone {
             Self::Bert(bert) => bert.num_layers(),
             Self::Library(encoder) => encoder.layers,
             Self::Decoder(lm) => lm.layers,
-        }
-    }
-
-    /// The trainable encoder, for `full` jobs; None for quantized decoders.
-    pub fn as_bert(&self) -> Option<&Bert> {
-        match self {
-            Self::Bert(bert) => Some(bert),
-            Self::Library(_) | Self::Decoder(_) => None,
         }
     }
 }

@@ -4,12 +4,13 @@
 //!
 //! Why not `candle_transformers::models::bert`: its LayerNorm uses candle-nn's fused op, which
 //! has no backward pass, so every encoder weight silently gets a zero gradient.
-//! Here LayerNorm and softmax use the fused ops at inference and plain tensor ops when
-//! training; a test holds the two paths to the same output and checks every gradient.
+//! Here LayerNorm, softmax and GELU use candle's fused ops at inference and our own fused ops
+//! with backward passes (`train_ops`) when training; a test holds the two paths to the same
+//! output and checks every gradient. Serving goes through `packed` instead.
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -75,7 +76,7 @@ pub enum Pass {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Activation {
+pub(super) enum Activation {
     GeluErf,
     GeluTanh,
     Relu,
@@ -91,19 +92,38 @@ impl Activation {
         })
     }
 
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
+    fn apply(self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         match self {
+            Activation::GeluErf if pass == Pass::Train => {
+                x.contiguous()?.apply_op1(super::train_ops::GeluErf)
+            }
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
         }
     }
+
+    /// The same on one value, with candle's own formulas (the packed path's GELU).
+    pub(super) fn apply_f32(self, v: f32) -> f32 {
+        match self {
+            Activation::GeluErf => {
+                (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0)
+                    * 0.5
+                    * v
+            }
+            Activation::GeluTanh => {
+                let c = (2.0f32 / std::f32::consts::PI).sqrt();
+                0.5 * v * (1.0 + (c * v * (1.0 + 0.044715 * v * v)).tanh())
+            }
+            Activation::Relu => v.max(0.0),
+        }
+    }
 }
 
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+pub(super) struct LayerNorm {
+    pub(super) weight: Tensor,
+    pub(super) bias: Tensor,
+    pub(super) eps: f64,
 }
 
 impl LayerNorm {
@@ -120,15 +140,13 @@ impl LayerNorm {
             Pass::Inference => {
                 candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
             }
-            Pass::Train => {
-                let mean = x.mean_keepdim(D::Minus1)?;
-                let centered = x.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-                let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-                normed
-                    .broadcast_mul(&self.weight)?
-                    .broadcast_add(&self.bias)
-            }
+            Pass::Train => x.contiguous()?.apply_op3(
+                &self.weight,
+                &self.bias,
+                super::train_ops::LayerNorm {
+                    eps: self.eps as f32,
+                },
+            ),
         }
     }
 }
@@ -141,13 +159,13 @@ fn dropout(x: &Tensor, p: f64, pass: Pass) -> Result<Tensor> {
     }
 }
 
-struct Embeddings {
-    word: Embedding,
-    position: Embedding,
+pub(super) struct Embeddings {
+    pub(super) word: Embedding,
+    pub(super) position: Embedding,
     /// None for MPNet, which has no token types.
-    token_type: Option<Embedding>,
-    position_offset: u32,
-    norm: LayerNorm,
+    pub(super) token_type: Option<Embedding>,
+    pub(super) position_offset: u32,
+    pub(super) norm: LayerNorm,
     dropout: f64,
 }
 
@@ -192,18 +210,18 @@ impl Embeddings {
     }
 }
 
-struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: LayerNorm,
+pub(super) struct Layer {
+    pub(super) query: Linear,
+    pub(super) key: Linear,
+    pub(super) value: Linear,
+    pub(super) attn_out: Linear,
+    pub(super) attn_norm: LayerNorm,
+    pub(super) intermediate: Linear,
+    pub(super) output: Linear,
+    pub(super) out_norm: LayerNorm,
     heads: usize,
     head_dim: usize,
-    act: Activation,
+    pub(super) act: Activation,
     hidden_dropout: f64,
     attn_dropout: f64,
 }
@@ -281,23 +299,23 @@ impl Layer {
         let scores = scores.broadcast_add(mask_bias)?;
         let probs = match pass {
             Pass::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Pass::Train => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Pass::Train => scores.contiguous()?.apply_op1(super::train_ops::Softmax)?,
         };
         let probs = dropout(&probs, self.attn_dropout, pass)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let attn = dropout(&self.attn_out.forward(&ctx)?, self.hidden_dropout, pass)?;
         let x = self.attn_norm.forward(&(attn + x)?, pass)?;
-        let inner = self.act.apply(&self.intermediate.forward(&x)?)?;
+        let inner = self.act.apply(&self.intermediate.forward(&x)?, pass)?;
         let out = dropout(&self.output.forward(&inner)?, self.hidden_dropout, pass)?;
         self.out_norm.forward(&(out + x)?, pass)
     }
 }
 
 pub struct Bert {
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
+    pub(super) embeddings: Embeddings,
+    pub(super) layers: Vec<Layer>,
     /// MPNet: (buckets, heads), shared by every layer.
-    relative_bias: Option<Embedding>,
+    pub(super) relative_bias: Option<Embedding>,
     pub config: BertConfig,
 }
 

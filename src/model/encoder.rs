@@ -424,7 +424,7 @@ impl Encoder {
                 dtype: default_dtype(),
                 jobs: default_jobs(),
             },
-            backbone: Arc::new(Backbone::Bert(bert)),
+            backbone: Arc::new(Backbone::from_bert(&bert)?),
             tokenizer: Arc::new(tokenizer),
             dir: dir.to_path_buf(),
             device,

@@ -10,11 +10,14 @@ pub mod catalogue;
 pub mod ct_encoder;
 pub mod decoder;
 pub mod encoder;
+pub mod fast_math;
 pub mod fetch;
 pub mod gguf_tokenizer;
 pub mod manifest;
+pub mod packed;
 pub mod tensor_file;
 pub mod testing;
+pub mod train_ops;
 pub mod vendored;
 pub mod worker;
 

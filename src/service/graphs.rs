@@ -129,6 +129,9 @@ fn to_redecide(ids: &[i64], report: &UpdateReport) -> Vec<i64> {
     redo.into_iter().collect()
 }
 
+/// How old a dirty example must be before the recovery sweep settles it.
+const SWEEP_GRACE_MS: i64 = 10_000;
+
 impl Service {
     /// Locks the task's graph, loading or rebuilding it when absent or stale, and catches up
     /// with examples other processes (or a crash) left out.
@@ -207,7 +210,7 @@ impl Service {
         let mut pages = std::pin::pin!(keyset_pages(
             0,
             |r: &GraphRow| r.id,
-            |a| { examples::graph_rows_page(pool, task.id, a, PAGE, true) }
+            |a| { examples::graph_rows_page(pool, task.id, a, PAGE, true, false) }
         ));
         while let Some(rows) = pages.try_next().await? {
             let inserts: Vec<Insert> = rows
@@ -238,7 +241,7 @@ impl Service {
         let mut pages = std::pin::pin!(keyset_pages(
             0,
             |r: &GraphRow| r.id,
-            |a| { examples::graph_rows_page(pool, task.id, a, PAGE * 5, false) }
+            |a| { examples::graph_rows_page(pool, task.id, a, PAGE * 5, false, false) }
         ));
         let mut missing = Vec::new();
         while let Some(rows) = pages.try_next().await? {
@@ -313,8 +316,7 @@ impl Service {
             let rows = examples::graph_rows_of(pool, ids).await?;
             let inserts: Vec<Insert> = rows.iter().map(|r| to_insert(r, true)).collect();
             let report = tokio::task::block_in_place(|| graph.apply(&inserts))?;
-            let version = self.write_refined(task, &report).await?;
-            self.redecide(task, &to_redecide(ids, &report), version, "catch-up")
+            self.commit_settle(task, &report, &to_redecide(ids, &report), "catch-up")
                 .await?;
         }
         if !missing.is_empty() {
@@ -323,13 +325,15 @@ impl Service {
         Ok(missing.len())
     }
 
-    /// Adds embedded examples newer than the graph's newest node.
+    /// Adds settled examples newer than the graph's newest node (another process's writes).
+    /// Dirty ones are left to the writes that made them, which settle them next (or, after a
+    /// crash, to the recovery sweep): catching them up here would decide them twice.
     async fn catch_up_newer(&self, task: &TaskCtx, graph: &mut TaskGraph) -> Result<()> {
         let pool = self.store.pool();
         let mut pages = std::pin::pin!(keyset_pages(
             graph.max_example_id(),
             |r: &GraphRow| r.id,
-            |a| { examples::graph_rows_page(pool, task.id, a, PAGE, true) }
+            |a| { examples::graph_rows_page(pool, task.id, a, PAGE, true, true) }
         ));
         while let Some(rows) = pages.try_next().await? {
             let inserts: Vec<Insert> = rows
@@ -342,8 +346,7 @@ impl Service {
             }
             let ids: Vec<i64> = inserts.iter().map(|i| i.example_id).collect();
             let report = tokio::task::block_in_place(|| graph.apply(&inserts))?;
-            let version = self.write_refined(task, &report).await?;
-            self.redecide(task, &to_redecide(&ids, &report), version, "catch-up")
+            self.commit_settle(task, &report, &to_redecide(&ids, &report), "catch-up")
                 .await?;
         }
         Ok(())
@@ -355,24 +358,54 @@ impl Service {
         if report.changes.is_empty() {
             return Ok(crate::store::tasks::graph_version(self.store.pool(), task.id).await?);
         }
-        let updates: Vec<(i64, String)> = report
-            .changes
-            .iter()
-            .map(|c| {
-                let json = c
-                    .refined
-                    .as_deref()
-                    .map(dist_json)
-                    .unwrap_or_else(|| "null".into());
-                (c.example_id, json)
-            })
-            .collect();
+        let updates = refined_updates(report);
         super::retry::on_conflict("refined labels", || async {
             let mut tx = self.store.begin_task_write(task.id).await?;
             let version = crate::store::tasks::bump_graph_version(tx.conn(), task.id).await?;
             examples::set_smoothed(tx.conn(), &updates).await?;
             tx.commit().await?;
             Ok(version)
+        })
+        .await
+    }
+
+    /// Writes the graph outputs that moved and the decisions of `ids` in one transaction
+    /// (one commit, and no moment where another reader sees refined labels without their
+    /// decisions); returns the graph version and the decisions.
+    async fn commit_settle(
+        &self,
+        task: &TaskCtx,
+        report: &UpdateReport,
+        ids: &[i64],
+        trigger: &str,
+    ) -> Result<(i64, Vec<super::decide::Current>)> {
+        let updates = refined_updates(report);
+        let version = self.active_version(task).await?;
+        super::retry::on_conflict("settle", || async {
+            let mut tx = self.store.begin_task_write(task.id).await?;
+            let graph_version = if updates.is_empty() {
+                crate::store::tasks::graph_version(tx.conn(), task.id).await?
+            } else {
+                let v = crate::store::tasks::bump_graph_version(tx.conn(), task.id).await?;
+                examples::set_smoothed(tx.conn(), &updates).await?;
+                v
+            };
+            let mut decided = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(super::decide::CHUNK) {
+                decided.extend(
+                    self.decide_in(
+                        &mut tx,
+                        task,
+                        version.as_deref(),
+                        chunk,
+                        graph_version,
+                        trigger,
+                    )
+                    .await?,
+                );
+            }
+            tx.commit().await?;
+            Ok((graph_version, decided))
         })
         .await
     }
@@ -388,15 +421,16 @@ impl Service {
         if report.changes.is_empty() {
             return Ok(());
         }
-        let version = self.write_refined(task, &report).await?;
-        self.redecide(task, &to_redecide(&[], &report), version, "class prior")
+        self.commit_settle(task, &report, &to_redecide(&[], &report), "class prior")
             .await?;
         Ok(())
     }
 
     /// Brings examples whose inputs changed up to date: graph, refined labels, decisions.
     pub async fn settle(&self, task: &TaskCtx, ids: &[i64], trigger: &str) -> Result<SettleReport> {
+        let started = Instant::now();
         let mut slot = self.graph_guard(task).await?;
+        let started = super::record_phase("settle_lock", started);
         let rows = examples::graph_rows_of(self.store.pool(), ids).await?;
         let graph = slot
             .graph
@@ -410,7 +444,11 @@ impl Service {
             .map(|r| to_insert(r, !graph.contains(r.id)))
             .collect();
         let report = tokio::task::block_in_place(|| graph.apply(&inserts))?;
-        let graph_version = self.write_refined(task, &report).await?;
+        let started = super::record_phase("settle_graph", started);
+        let (graph_version, decisions) = self
+            .commit_settle(task, &report, &to_redecide(ids, &report), trigger)
+            .await?;
+        let started = super::record_phase("settle_commit", started);
         slot.updates_since_save += 1;
         if slot.updates_since_save >= 20 || slot.last_save.elapsed() > Duration::from_secs(60) {
             let dir = TaskGraph::snapshot_dir(&self.data_dir, task.id);
@@ -426,9 +464,7 @@ impl Service {
                 }
             }
         }
-        let decisions = self
-            .redecide(task, &to_redecide(ids, &report), graph_version, trigger)
-            .await?;
+        super::record_phase("settle_snapshot", started);
         drop(slot);
         Ok(SettleReport {
             graph_version,
@@ -443,7 +479,10 @@ impl Service {
     /// process's writes). Run by the scheduler.
     pub async fn settle_dirty(&self) -> Result<usize> {
         let mut total = 0;
-        for task_id in examples::tasks_with_dirty(self.store.pool()).await? {
+        // A write settles itself before it is answered; the sweep takes only what a crash
+        // or another process left behind, not writes still in flight.
+        let before = crate::store::now_ms() - SWEEP_GRACE_MS;
+        for task_id in examples::tasks_with_dirty(self.store.pool(), before).await? {
             let Some(task) = self.task_by_id(task_id).await? else {
                 continue;
             };
@@ -451,7 +490,7 @@ impl Service {
             let mut pages = std::pin::pin!(keyset_pages(
                 0,
                 |id: &i64| *id,
-                |a| { examples::dirty_ids(pool, task.id, a, 500) }
+                |a| { examples::dirty_ids(pool, task.id, a, 500, before) }
             ));
             while let Some(ids) = pages.try_next().await? {
                 self.settle(&task, &ids, "recovery").await?;
@@ -511,4 +550,20 @@ impl Service {
             .map(|g| g.neighbours(example_id, limit))
             .unwrap_or_default())
     }
+}
+
+/// The refined labels an update moved, as stored (JSON distributions).
+fn refined_updates(report: &UpdateReport) -> Vec<(i64, String)> {
+    report
+        .changes
+        .iter()
+        .map(|c| {
+            let json = c
+                .refined
+                .as_deref()
+                .map(dist_json)
+                .unwrap_or_else(|| "null".into());
+            (c.example_id, json)
+        })
+        .collect()
 }

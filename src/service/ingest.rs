@@ -4,12 +4,13 @@
 //! labels, decisions); a crash in between leaves them dirty for the recovery sweep.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::validation::{check_weak_sources, parse_gold, parse_weak, Parsed, ParsedWeak};
-use super::{dist_json, Service, TaskCtx};
+use super::{dist_json, record_phase, Service, TaskCtx};
 use crate::error::{Error, Result};
 use crate::method::pik::PikSource;
 use crate::method::pipeline::{aggregate_with, NamedVote, PipelineFit};
@@ -120,9 +121,18 @@ pub struct IngestResponse {
     pub graph_version: i64,
 }
 
+/// What `write_labels` writes for one example.
+struct Labels<'a> {
+    weak: &'a [ParsedWeak],
+    gold: Option<usize>,
+    /// The example was created by this request (no earlier weak labels to read back).
+    new_example: bool,
+}
+
 /// A weak label checked against the task.
 impl Service {
     pub async fn ingest(&self, task_name: &str, req: IngestRequest) -> Result<IngestResponse> {
+        let started = Instant::now();
         let task = self.task(task_name).await?;
         let parsed = self.validate_batch(&task, &req)?;
         let ext_ids: Vec<&str> = parsed.iter().map(|p| p.id).collect();
@@ -153,6 +163,7 @@ impl Service {
             });
         }
 
+        let started = record_phase("lookup", started);
         // Embed the new texts before the transaction: nothing is written if the model refuses.
         let fresh: Vec<usize> = (0..parsed.len())
             .filter(|&i| !existing.contains_key(parsed[i].id))
@@ -162,7 +173,9 @@ impl Service {
             .model
             .tokenize(&texts, &|n| format!("examples[{}].text", fresh[n]))?;
         let (model, encoder_id) = self.task_encoder(&task).await?;
+        let started = record_phase("tokenize", started);
         let vectors = self.model.worker.try_embed(&model, encoded).await?;
+        let started = record_phase("embed", started);
         let embedding_of: HashMap<usize, Vec<u8>> = fresh
             .iter()
             .copied()
@@ -184,6 +197,7 @@ impl Service {
         .await?;
         let n_new = created.iter().filter(|c| **c).count() as i64;
         metrics::counter!("sw2s_examples_ingested_total").increment(n_new as u64);
+        record_phase("write", started);
 
         let report = self.settle(&task, &ids, "ingest").await?;
         let by_id: HashMap<i64, &super::decide::Current> =
@@ -267,7 +281,12 @@ impl Service {
                     }
                 }
             };
-            self.write_labels(&mut tx, task, pipeline, id, &p.weak, p.gold, now)
+            let labels = Labels {
+                weak: &p.weak,
+                gold: p.gold,
+                new_example: is_new,
+            };
+            self.write_labels(&mut tx, task, pipeline, id, labels, now)
                 .await?;
             ids[i] = id;
             created[i] = is_new;
@@ -280,17 +299,20 @@ impl Service {
 
     /// Upserts weak labels (recomputing the weak aggregate with the task's source model) and
     /// sets the gold label.
-    #[allow(clippy::too_many_arguments)]
     async fn write_labels(
         &self,
         tx: &mut crate::store::WriteTx,
         task: &TaskCtx,
         pipeline: Option<&PipelineFit>,
         example_id: i64,
-        weak: &[ParsedWeak],
-        gold: Option<usize>,
+        labels: Labels<'_>,
         now: i64,
     ) -> Result<()> {
+        let Labels {
+            weak,
+            gold,
+            new_example,
+        } = labels;
         for w in weak {
             let scores = dist_json(&w.scores);
             let row = weak_labels::NewWeakLabel {
@@ -303,7 +325,25 @@ impl Service {
             weak_labels::upsert_weak_label(tx.conn(), example_id, &row, now).await?;
         }
         if !weak.is_empty() {
-            let all = weak_labels::weak_labels(tx.conn(), &[example_id]).await?;
+            // A new example has exactly the labels just written (sources are distinct);
+            // an existing one may have others from earlier requests.
+            let all = if new_example {
+                let mut rows: Vec<weak_labels::WeakLabelRow> = weak
+                    .iter()
+                    .map(|w| weak_labels::WeakLabelRow {
+                        example_id,
+                        source: w.source.clone(),
+                        label: w.label.map(|l| l as i64),
+                        scores: dist_json(&w.scores),
+                        confidence: w.confidence as f64,
+                        updated_at: now,
+                    })
+                    .collect();
+                rows.sort_by(|a, b| a.source.cmp(&b.source));
+                rows
+            } else {
+                weak_labels::weak_labels(tx.conn(), &[example_id]).await?
+            };
             let (agg, label) = stored_aggregate(aggregate_of(pipeline, &all, task.k()).as_deref());
             examples::set_weak_aggregate(tx.conn(), example_id, agg.as_deref(), label, now).await?;
         }
@@ -347,7 +387,12 @@ impl Service {
         let pipeline = version.as_ref().and_then(|v| v.pipeline.as_ref());
         super::retry::on_conflict("weak labels", || async {
             let mut tx = self.store.begin_task_write(task.id).await?;
-            self.write_labels(&mut tx, &task, pipeline, id, &weak, None, now_ms())
+            let labels = Labels {
+                weak: &weak,
+                gold: None,
+                new_example: false,
+            };
+            self.write_labels(&mut tx, &task, pipeline, id, labels, now_ms())
                 .await?;
             Ok(tx.commit().await?)
         })
@@ -367,7 +412,12 @@ impl Service {
         let id = self.example_id(&task, external_id).await?;
         super::retry::on_conflict("gold label", || async {
             let mut tx = self.store.begin_task_write(task.id).await?;
-            self.write_labels(&mut tx, &task, None, id, &[], Some(gold), now_ms())
+            let labels = Labels {
+                weak: &[],
+                gold: Some(gold),
+                new_example: false,
+            };
+            self.write_labels(&mut tx, &task, None, id, labels, now_ms())
                 .await?;
             Ok(tx.commit().await?)
         })

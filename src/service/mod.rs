@@ -108,6 +108,14 @@ impl Model {
     }
 }
 
+/// Records how long one phase of a write took (`sw2s_ingest_phase_seconds{phase}` in
+/// /metrics; `sw2s bench ingest` prints them) and starts the next phase's clock.
+pub(crate) fn record_phase(phase: &'static str, started: std::time::Instant) -> std::time::Instant {
+    metrics::histogram!("sw2s_ingest_phase_seconds", "phase" => phase)
+        .record(started.elapsed().as_secs_f64());
+    std::time::Instant::now()
+}
+
 pub struct Service {
     pub store: Store,
     pub model: Model,

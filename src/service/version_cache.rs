@@ -46,21 +46,12 @@ impl Service {
             Some(rel) => {
                 let path = self.data_dir.join(rel);
                 let dir = self.model.dir.clone();
-                let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Backbone> {
-                    let config = crate::model::encoder::read_config(&dir)?;
-                    crate::model::encoder::load_bert(
-                        &config,
-                        &path,
-                        None,
-                        &candle_core::Device::Cpu,
-                    )
-                    .map(Backbone::from)
-                })
-                .await
-                .map_err(|e| Error::Internal(e.into()))?
-                .with_context(|| {
-                    format!("loading the fine-tuned encoder of version id {version_id}")
-                })?;
+                let model = tokio::task::spawn_blocking(move || Backbone::fine_tuned(&dir, &path))
+                    .await
+                    .map_err(|e| Error::Internal(e.into()))?
+                    .with_context(|| {
+                        format!("loading the fine-tuned encoder of version id {version_id}")
+                    })?;
                 (Arc::new(model), fine_tuned_encoder_id(rel))
             }
             None => (self.model.base.clone(), self.model.base_encoder_id()),

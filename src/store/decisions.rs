@@ -23,37 +23,62 @@ pub struct NewDecision<'a> {
     pub created_at: i64,
 }
 
-pub async fn insert(conn: &mut AnyConnection, d: &NewDecision<'_>) -> Result<i64, sqlx::Error> {
-    let (has_p_ik, p_ik) = super::nullable_f64(d.p_ik);
-    let (has_tau, tau) = super::nullable_f64(d.tau);
-    let (has_confidence, confidence) = super::nullable_f64(d.confidence);
-    sqlx::query_scalar(
-        "INSERT INTO decisions (task_id, example_id, label, source, p_ik, p_ik_source, tau, probs, \
-                                weak, refined, model_version_id, graph_version, reason, created_at, \
-                                confidence) \
-         VALUES ($1, $2, $3, $4, CASE WHEN $5 = 1 THEN $6 END, $7, CASE WHEN $8 = 1 THEN $9 END, \
-                 $10, $11, $12, $13, $14, $15, $16, CASE WHEN $17 = 1 THEN $18 END) RETURNING id",
-    )
-    .bind(d.task_id)
-    .bind(d.example_id)
-    .bind(d.label)
-    .bind(d.source)
-    .bind(has_p_ik)
-    .bind(p_ik)
-    .bind(d.p_ik_source)
-    .bind(has_tau)
-    .bind(tau)
-    .bind(d.probs)
-    .bind(d.weak)
-    .bind(d.refined)
-    .bind(d.model_version_id)
-    .bind(d.graph_version)
-    .bind(d.reason)
-    .bind(d.created_at)
-    .bind(has_confidence)
-    .bind(confidence)
-    .fetch_one(conn)
-    .await
+/// Inserts many decisions in multi-row statements; returns each one's id by example id
+/// (a batch holds at most one decision per example).
+pub async fn insert_many(
+    conn: &mut AnyConnection,
+    ds: &[NewDecision<'_>],
+) -> Result<std::collections::HashMap<i64, i64>, sqlx::Error> {
+    const ROWS: usize = 40;
+    let mut ids = std::collections::HashMap::with_capacity(ds.len());
+    for chunk in ds.chunks(ROWS) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let p = |k: usize| format!("${}", r * 18 + k);
+                format!(
+                    "({}, {}, {}, {}, CASE WHEN {} = 1 THEN {} END, {}, CASE WHEN {} = 1 THEN {} END, \
+                     {}, {}, {}, {}, {}, {}, {}, CASE WHEN {} = 1 THEN {} END)",
+                    p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12),
+                    p(13), p(14), p(15), p(16), p(17), p(18)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO decisions (task_id, example_id, label, source, p_ik, p_ik_source, tau, probs, \
+                                    weak, refined, model_version_id, graph_version, reason, created_at, \
+                                    confidence) VALUES {} RETURNING id, example_id",
+            values.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (i64, i64)>(&sql);
+        for d in chunk {
+            let (has_p_ik, p_ik) = super::nullable_f64(d.p_ik);
+            let (has_tau, tau) = super::nullable_f64(d.tau);
+            let (has_confidence, confidence) = super::nullable_f64(d.confidence);
+            q = q
+                .bind(d.task_id)
+                .bind(d.example_id)
+                .bind(d.label)
+                .bind(d.source)
+                .bind(has_p_ik)
+                .bind(p_ik)
+                .bind(d.p_ik_source)
+                .bind(has_tau)
+                .bind(tau)
+                .bind(d.probs)
+                .bind(d.weak)
+                .bind(d.refined)
+                .bind(d.model_version_id)
+                .bind(d.graph_version)
+                .bind(d.reason)
+                .bind(d.created_at)
+                .bind(has_confidence)
+                .bind(confidence);
+        }
+        for (id, example_id) in q.fetch_all(&mut *conn).await? {
+            ids.insert(example_id, id);
+        }
+    }
+    Ok(ids)
 }
 
 #[derive(Debug, Clone, FromRow)]

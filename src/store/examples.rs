@@ -325,12 +325,21 @@ pub async fn set_smoothed(
     conn: &mut AnyConnection,
     updates: &[(i64, String)],
 ) -> Result<(), sqlx::Error> {
-    for (id, smoothed) in updates {
-        sqlx::query("UPDATE examples SET smoothed = $1, dirty = 1 WHERE id = $2")
-            .bind(smoothed.as_str())
-            .bind(*id)
-            .execute(&mut *conn)
-            .await?;
+    // Multi-row updates: one statement per 200 examples instead of one per example.
+    for chunk in updates.chunks(200) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| format!("(${}, ${})", 2 * r + 1, 2 * r + 2))
+            .collect();
+        let sql = format!(
+            "WITH v (id, smoothed) AS (VALUES {}) \
+             UPDATE examples SET smoothed = v.smoothed, dirty = 1 FROM v WHERE examples.id = v.id",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, smoothed) in chunk {
+            q = q.bind(*id).bind(smoothed.as_str());
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -351,65 +360,94 @@ pub struct Scores<'a> {
     pub suggested_label: Option<i64>,
 }
 
-/// Records the current scores and decision of an example and clears its dirty flag.
-pub async fn set_current(
+/// One example's current scores and (when it changed) its new decision: (id, label, source).
+pub struct CurrentUpdate<'a> {
+    pub id: i64,
+    pub scores: Scores<'a>,
+    pub decision: Option<(i64, Option<i64>, &'a str)>,
+}
+
+/// `set_current` for many examples in multi-row updates (the same columns, the same rules).
+pub async fn set_current_many(
     conn: &mut AnyConnection,
-    id: i64,
-    scores: &Scores<'_>,
-    decision: Option<(i64, Option<i64>, &str)>,
+    updates: &[CurrentUpdate<'_>],
 ) -> Result<(), sqlx::Error> {
-    let (has_p_ik, p_ik) = super::nullable_f64(scores.p_ik);
-    let (has_confidence, confidence) = super::nullable_f64(scores.confidence);
-    let (has_decision, (decision_id, label, source)) = match decision {
-        Some(d) => (1i64, d),
-        None => (0, (0, None, "")),
-    };
-    sqlx::query(
-        "UPDATE examples SET pred_label = $1, pred_probs = $2, p_ik = CASE WHEN $3 = 1 THEN $4 END, \
-            p_ik_source = $5, scored_version_id = $6, dirty = 0, \
-            decision_id = CASE WHEN $7 = 1 THEN $8 ELSE decision_id END, \
-            decision_label = CASE WHEN $7 = 1 THEN $9 ELSE decision_label END, \
-            decision_source = CASE WHEN $7 = 1 THEN $10 ELSE decision_source END, \
-            refined = $11, refined_label = $12, \
-            confidence = CASE WHEN $13 = 1 THEN $14 END, confidence_source = $15, \
-            suggested_label = $16 \
-         WHERE id = $17",
-    )
-    .bind(scores.pred_label)
-    .bind(scores.pred_probs)
-    .bind(has_p_ik)
-    .bind(p_ik)
-    .bind(scores.p_ik_source)
-    .bind(scores.version_id)
-    .bind(has_decision)
-    .bind(decision_id)
-    .bind(label)
-    .bind(source)
-    .bind(scores.refined)
-    .bind(scores.refined_label)
-    .bind(has_confidence)
-    .bind(confidence)
-    .bind(scores.confidence_source)
-    .bind(scores.suggested_label)
-    .bind(id)
-    .execute(conn)
-    .await?;
+    const ROWS: usize = 40;
+    const COLS: usize = 17;
+    for chunk in updates.chunks(ROWS) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let cells: Vec<String> = (1..=COLS).map(|k| format!("${}", r * COLS + k)).collect();
+                format!("({})", cells.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "WITH v (id, pred_label, pred_probs, has_p_ik, p_ik, p_ik_source, version_id, \
+                     has_decision, decision_id, decision_label, decision_source, refined, \
+                     refined_label, has_confidence, confidence, confidence_source, suggested_label) \
+             AS (VALUES {}) \
+             UPDATE examples SET pred_label = v.pred_label, pred_probs = v.pred_probs, \
+                p_ik = CASE WHEN v.has_p_ik = 1 THEN v.p_ik END, p_ik_source = v.p_ik_source, \
+                scored_version_id = v.version_id, dirty = 0, \
+                decision_id = CASE WHEN v.has_decision = 1 THEN v.decision_id ELSE examples.decision_id END, \
+                decision_label = CASE WHEN v.has_decision = 1 THEN v.decision_label ELSE examples.decision_label END, \
+                decision_source = CASE WHEN v.has_decision = 1 THEN v.decision_source ELSE examples.decision_source END, \
+                refined = v.refined, refined_label = v.refined_label, \
+                confidence = CASE WHEN v.has_confidence = 1 THEN v.confidence END, \
+                confidence_source = v.confidence_source, suggested_label = v.suggested_label \
+             FROM v WHERE examples.id = v.id",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for u in chunk {
+            let s = &u.scores;
+            let (has_p_ik, p_ik) = super::nullable_f64(s.p_ik);
+            let (has_confidence, confidence) = super::nullable_f64(s.confidence);
+            let (has_decision, (decision_id, label, source)) = match u.decision {
+                Some(d) => (1i64, d),
+                None => (0, (0, None, "")),
+            };
+            q = q
+                .bind(u.id)
+                .bind(s.pred_label)
+                .bind(s.pred_probs)
+                .bind(has_p_ik)
+                .bind(p_ik)
+                .bind(s.p_ik_source)
+                .bind(s.version_id)
+                .bind(has_decision)
+                .bind(decision_id)
+                .bind(label)
+                .bind(source)
+                .bind(s.refined)
+                .bind(s.refined_label)
+                .bind(has_confidence)
+                .bind(confidence)
+                .bind(s.confidence_source)
+                .bind(s.suggested_label);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
 /// Examples whose inputs changed since their last decision (crash recovery, other processes).
+/// Dirty examples last written before `before_ms` (the sweep leaves fresh writes to the
+/// requests that made them, which settle them before answering).
 pub async fn dirty_ids<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     task_id: i64,
     after_id: i64,
     limit: i64,
+    before_ms: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM examples WHERE task_id = $1 AND dirty = 1 AND id > $2 ORDER BY id LIMIT $3",
+        "SELECT id FROM examples WHERE task_id = $1 AND dirty = 1 AND id > $2 AND updated_at < $4 ORDER BY id LIMIT $3",
     )
     .bind(task_id)
     .bind(after_id)
     .bind(limit)
+    .bind(before_ms)
     .fetch_all(ex)
     .await
 }
@@ -494,15 +532,17 @@ pub async fn graph_rows_page<'c, E: Executor<'c, Database = Any>>(
     after_id: i64,
     limit: i64,
     with_embeddings: bool,
+    settled_only: bool,
 ) -> Result<Vec<GraphRow>, sqlx::Error> {
     let embedding = if with_embeddings {
         "embedding"
     } else {
         "NULL AS embedding"
     };
+    let settled = if settled_only { " AND dirty = 0" } else { "" };
     sqlx::query_as(&format!(
         "SELECT id, {embedding}, encoder_id, weak, smoothed FROM examples \
-         WHERE task_id = $1 AND id > $2 AND embedding IS NOT NULL ORDER BY id LIMIT $3"
+         WHERE task_id = $1 AND id > $2 AND embedding IS NOT NULL{settled} ORDER BY id LIMIT $3"
     ))
     .bind(task_id)
     .bind(after_id)
@@ -561,8 +601,12 @@ pub async fn graph_rows_of<'c, E: Executor<'c, Database = Any>>(
 }
 
 /// Tasks with examples awaiting a decision.
-pub async fn tasks_with_dirty(pool: &sqlx::AnyPool) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT DISTINCT task_id FROM examples WHERE dirty = 1")
+pub async fn tasks_with_dirty(
+    pool: &sqlx::AnyPool,
+    before_ms: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT task_id FROM examples WHERE dirty = 1 AND updated_at < $1")
+        .bind(before_ms)
         .fetch_all(pool)
         .await
 }

@@ -26,6 +26,13 @@ fn have_chromium() -> bool {
     if present() {
         return true;
     }
+    // The SQLite and PostgreSQL variants run in parallel: one apt-get at a time (dpkg's
+    // lock fails the second), and the second finds the packages installed.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if present() {
+        return true;
+    }
     eprintln!("installing chromium and chromium-driver with apt-get (once per machine)");
     let apt = |args: &[&str]| {
         Command::new("apt-get")

@@ -284,7 +284,7 @@ impl Service {
         let mut pages = std::pin::pin!(keyset_pages(
             0,
             |id: &i64| *id,
-            |a| { examples::dirty_ids(pool, task.id, a, 500) }
+            |a| { examples::dirty_ids(pool, task.id, a, 500, i64::MAX) }
         ));
         while let Some(ids) = pages.try_next().await? {
             let report = self.settle(&task, &ids, "new model version").await?;

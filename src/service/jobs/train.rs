@@ -353,10 +353,8 @@ impl Service {
         let bert = {
             let model_dir = self.model.dir.clone();
             let file = encoder_file.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<crate::model::Backbone> {
-                let config = crate::model::encoder::read_config(&model_dir)?;
-                crate::model::encoder::load_bert(&config, &file, None, &candle_core::Device::Cpu)
-                    .map(crate::model::Backbone::from)
+            tokio::task::spawn_blocking(move || {
+                crate::model::Backbone::fine_tuned(&model_dir, &file)
             })
             .await
             .map_err(|e| Error::Internal(e.into()))??
