@@ -14,7 +14,6 @@ use super::baseline::{venv_dir, Baseline};
 use super::server::Server;
 use super::{figure, median, ratio, read_rows, with_threads};
 use crate::cli::EmbedBench;
-use crate::model::bert::Bert;
 use crate::model::encoder::{embed_batch, load_bert, read_config, Encoded};
 use crate::model::{Encoder, Overlong};
 
@@ -78,11 +77,15 @@ pub fn run(args: EmbedBench) -> anyhow::Result<()> {
             for _ in 0..args.repeats {
                 if let Some(bert) = &candle {
                     padded.push(with_threads(threads, || {
-                        run_padded(bert, &encoder, &texts, batch)
+                        run_sorted(&encoder, &texts, batch, |b| {
+                            embed_batch(bert, b, &encoder.device)
+                        })
                     })??);
                 }
                 ours.push(with_threads(threads, || {
-                    run_sorted(&encoder, &texts, batch)
+                    run_sorted(&encoder, &texts, batch, |b| {
+                        encoder.backbone.embed(b, &encoder.device)
+                    })
                 })??);
                 if let Some(b) = baseline.as_mut() {
                     theirs.push(b.rate(
@@ -165,14 +168,20 @@ async fn run_http(server: &Server, texts: &[&str], batch: usize) -> anyhow::Resu
     Ok(texts.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// sw2s as it serves: the texts sorted by length, then cut into batches.
-fn run_sorted(encoder: &Encoder, texts: &[&str], batch: usize) -> anyhow::Result<f64> {
+/// The texts sorted by length, then cut into batches of `batch`, each given to `embed`
+/// (sw2s's packed backbone, or candle's padded BERT as served before).
+fn run_sorted(
+    encoder: &Encoder,
+    texts: &[&str],
+    batch: usize,
+    embed: impl Fn(&[&Encoded]) -> candle_core::Result<Vec<Vec<f32>>>,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut encoded = encoder.tokenizer.tokenize(texts, Overlong::Truncate)?;
     encoded.sort_by_key(|e| e.len());
     for chunk in encoded.chunks(batch) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        encoder.backbone.embed(&refs, &encoder.device)?;
+        embed(&refs)?;
     }
     Ok(texts.len() as f64 / started.elapsed().as_secs_f64())
 }
@@ -185,18 +194,6 @@ pub(super) fn run_groups(encoder: &Encoder, texts: &[&str], batch: usize) -> any
         let encoded = encoder.tokenizer.tokenize(group, Overlong::Truncate)?;
         let refs: Vec<&Encoded> = encoded.iter().collect();
         encoder.backbone.embed(&refs, &encoder.device)?;
-    }
-    Ok(texts.len() as f64 / started.elapsed().as_secs_f64())
-}
-
-/// candle's padded path on the same sorted batches (what sw2s served before the packed path).
-fn run_padded(bert: &Bert, encoder: &Encoder, texts: &[&str], batch: usize) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let mut encoded = encoder.tokenizer.tokenize(texts, Overlong::Truncate)?;
-    encoded.sort_by_key(|e| e.len());
-    for chunk in encoded.chunks(batch) {
-        let refs: Vec<&Encoded> = chunk.iter().collect();
-        embed_batch(bert, &refs, &encoder.device)?;
     }
     Ok(texts.len() as f64 / started.elapsed().as_secs_f64())
 }

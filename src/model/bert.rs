@@ -103,19 +103,17 @@ impl Activation {
         }
     }
 
-    /// The same on one value, with candle's own formulas (the packed path's GELU).
-    pub(super) fn apply_f32(self, v: f32) -> f32 {
+    /// The same on a slice, in place (the packed path); the erf GELU is `fast_math`'s.
+    pub(super) fn apply_in_place(self, xs: &mut [f32]) {
         match self {
-            Activation::GeluErf => {
-                (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0)
-                    * 0.5
-                    * v
-            }
+            Activation::GeluErf => super::fast_math::gelu_in_place(xs),
             Activation::GeluTanh => {
                 let c = (2.0f32 / std::f32::consts::PI).sqrt();
-                0.5 * v * (1.0 + (c * v * (1.0 + 0.044715 * v * v)).tanh())
+                xs.iter_mut().for_each(|v| {
+                    *v = 0.5 * *v * (1.0 + (c * *v * (1.0 + 0.044715 * *v * *v)).tanh())
+                });
             }
-            Activation::Relu => v.max(0.0),
+            Activation::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
         }
     }
 }

@@ -102,6 +102,22 @@ dispatch!(exp_shifted_in_place, exp_shifted_generic, (xs: &mut [f32], shift: f32
     }
 });
 
+/// Mean and 1/√(variance + eps) of one row (layer norm's statistics).
+pub fn mean_rstd(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Layer norm of one row in place, with weight and bias.
+pub fn layer_norm_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let (mean, rstd) = mean_rstd(row, eps);
+    for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+        *v = (*v - mean) * rstd * w + b;
+    }
+}
+
 /// Softmax of one row in place (max-shifted).
 pub fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -142,20 +142,13 @@ impl Norm {
         })
     }
 
-    fn row(&self, x: &mut [f32]) {
-        let n = x.len() as f32;
-        let mean = x.iter().sum::<f32>() / n;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv = 1.0 / (var + self.eps).sqrt();
-        for ((v, w), b) in x.iter_mut().zip(&self.weight).zip(&self.bias) {
-            *v = (*v - mean) * inv * w + b;
-        }
-    }
-
     fn rows(&self, x: &mut [f32]) {
         let h = self.weight.len();
-        x.par_chunks_mut(h * 8)
-            .for_each(|chunk| chunk.chunks_mut(h).for_each(|row| self.row(row)));
+        x.par_chunks_mut(h * 8).for_each(|chunk| {
+            for row in chunk.chunks_mut(h) {
+                fast_math::layer_norm_row(row, &self.weight, &self.bias, self.eps);
+            }
+        });
     }
 }
 
@@ -290,10 +283,7 @@ impl PackedBert {
             let act = self.act;
             inner
                 .par_chunks_mut(inner_dim * 8)
-                .for_each(|chunk| match act {
-                    Activation::GeluErf => fast_math::gelu_in_place(chunk),
-                    _ => chunk.iter_mut().for_each(|v| *v = act.apply_f32(*v)),
-                });
+                .for_each(|chunk| act.apply_in_place(chunk));
             layer.output.forward_into(&inner, Some(&attn), &mut x);
             layer.out_norm.rows(&mut x);
         }

@@ -34,13 +34,6 @@ pub struct LayerNorm {
     pub eps: f32,
 }
 
-fn mean_rstd(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "sw2s-layer-norm"
@@ -62,18 +55,13 @@ impl CustomOp3 for LayerNorm {
         if n == 0 || x.len() % n != 0 || b.len() != n {
             candle_core::bail!("layer norm: weight, bias and the last dimension differ");
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = x.to_vec();
         let per = rows_per_task(n) * n;
-        y.par_chunks_mut(per)
-            .zip(x.par_chunks(per))
-            .for_each(|(y, x)| {
-                for (yr, xr) in y.chunks_mut(n).zip(x.chunks(n)) {
-                    let (mean, rstd) = mean_rstd(xr, self.eps);
-                    for i in 0..n {
-                        yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                    }
-                }
-            });
+        y.par_chunks_mut(per).for_each(|chunk| {
+            for row in chunk.chunks_mut(n) {
+                fast_math::layer_norm_row(row, w, b, self.eps);
+            }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -97,7 +85,7 @@ impl CustomOp3 for LayerNorm {
                 let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
                 let mut xhat = vec![0f32; n];
                 for ((dxr, xr), gr) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
-                    let (mean, rstd) = mean_rstd(xr, self.eps);
+                    let (mean, rstd) = fast_math::mean_rstd(xr, self.eps);
                     let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
                     for i in 0..n {
                         xhat[i] = (xr[i] - mean) * rstd;
