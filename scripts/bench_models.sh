@@ -14,7 +14,9 @@ venv="${SW2S_BENCH_VENV:-$HOME/.cache/sw2s/bench-venv}"
 data_dir="${SW2S_DATA_DIR:-./data}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --disable-pip-version-check -q torch transformers gguf accelerate sentence-transformers
+  # The versions the README's figures were measured with (src/bench/baseline.rs pins the first three).
+  "$venv/bin/pip" install --disable-pip-version-check -q torch==2.15.0 transformers==5.24.0 \
+    sentence-transformers==6.2.0 gguf==0.19.0 accelerate==1.15.0
 fi
 cargo build --release --quiet
 sw2s=target/release/sw2s

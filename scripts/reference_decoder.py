@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Reference features for the decoder-LM parity test: the last token's final hidden state
-(after the model's final norm) from Hugging Face transformers, which reads the GGUF file,
+(after the model's final norm), and the mean of every token's but BOS (sw2s's
+`--decoder-pooling mean`), from Hugging Face transformers, which reads the GGUF file,
 dequantizes it to float32 and builds its tokenizer from the GGUF metadata.
 
 Usage:
@@ -44,10 +45,13 @@ def main() -> None:
         for text in SENTENCES:
             ids = tokenizer(text, return_tensors="pt")["input_ids"]
             out = model(input_ids=ids, output_hidden_states=True)
+            states = out.hidden_states[-1][0]
+            skip = 1 if len(ids[0]) > 1 and ids[0, 0].item() == tokenizer.bos_token_id else 0
             rows.append({
                 "text": text,
                 "ids": ids[0].tolist(),
-                "last_token": [round(float(x), 6) for x in out.hidden_states[-1][0, -1]],
+                "last_token": [round(float(x), 6) for x in states[-1]],
+                "mean": [round(float(x), 6) for x in states[skip:].mean(dim=0)],
             })
     json.dump({"file": name, "transformers": __import__("transformers").__version__,
                "torch": torch.__version__, "rows": rows}, sys.stdout)

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::Overlong;
@@ -80,6 +81,11 @@ pub struct ModelArgs {
     /// Compute threads for the model (default: all cores).
     #[arg(long, env = "SW2S_THREADS")]
     pub threads: Option<usize>,
+    /// How a decoder LM's token states become a text's features: `last-token` (default, what
+    /// P(IK) probes read) or `mean` (of every token but BOS). Encoders pool as their own
+    /// configuration says.
+    #[arg(long, env = "SW2S_DECODER_POOLING", value_enum)]
+    pub decoder_pooling: Option<crate::model::DecoderPooling>,
 }
 
 impl ModelArgs {
@@ -90,6 +96,14 @@ impl ModelArgs {
             self.model_dir.as_deref(),
             self.model.as_deref(),
         )
+    }
+
+    /// Resolves (fetching if needed) and loads the encoder, with the pooling asked for.
+    pub fn load_encoder(&self) -> anyhow::Result<(PathBuf, crate::model::Encoder)> {
+        let dir = self.resolve()?;
+        let encoder = crate::model::Encoder::load_pooled(&dir, self.decoder_pooling)
+            .with_context(|| format!("loading the model from {}", dir.display()))?;
+        Ok((dir, encoder))
     }
 }
 

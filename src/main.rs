@@ -51,8 +51,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::FetchModel(args) => {
             init_logging(LogFormat::Text);
-            let dir = args.resolve()?;
-            let encoder = sw2s::model::Encoder::load(&dir)?;
+            let (dir, encoder) = args.load_encoder()?;
             println!("{}", dir.display());
             eprintln!(
                 "{} ({} {}, {} pooling, {} dims, max {} tokens, jobs {}, sha256 {})",

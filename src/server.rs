@@ -60,8 +60,10 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         max_queue_texts: args.max_queue_texts.max(1),
     };
     let overlong = args.model.on_overlong;
+    let pooling = args.model.decoder_pooling;
     let model =
-        tokio::task::spawn_blocking(move || Model::load(&model_dir, batch, overlong)).await??;
+        tokio::task::spawn_blocking(move || Model::load(&model_dir, batch, overlong, pooling))
+            .await??;
     tracing::info!(model = %model.info.model_id, dims = model.info.dims, max_length = model.info.max_length, "model loaded");
     let limits = Limits {
         max_batch_examples: args.max_batch_examples.max(1),

@@ -18,8 +18,7 @@ use crate::model::encoder::{embed_batch, load_bert, read_config, Encoded};
 use crate::model::{Encoder, Overlong};
 
 pub fn run(args: EmbedBench) -> anyhow::Result<()> {
-    let dir = args.model.resolve()?;
-    let encoder = Encoder::load(&dir)?;
+    let (dir, encoder) = args.model.load_encoder()?;
     let rows = read_rows(&args.data, args.limit)?;
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let mean_tokens = encoder
@@ -128,7 +127,12 @@ fn http(
     println!("| threads | batch | sw2s in process, same groups | sw2s via /v1/embed | PyTorch, same groups | HTTP / PyTorch |");
     println!("|---|---|---|---|---|---|");
     for &threads in &args.thread_counts {
-        let server = runtime.block_on(Server::start(dir, threads, None))?;
+        let server = runtime.block_on(Server::start(
+            dir,
+            threads,
+            args.model.decoder_pooling,
+            None,
+        ))?;
         for &batch in &args.batch_sizes {
             let (mut inproc, mut remote, mut theirs) = (vec![], vec![], vec![]);
             for _ in 0..args.repeats {

@@ -13,11 +13,10 @@ use crate::cli::FinetuneBench;
 use crate::method::finetune::{finetune, FinetuneParams, TrainableBert};
 use crate::method::heads::LinearHead;
 use crate::model::encoder::{read_config, Encoded};
-use crate::model::{Encoder, Overlong};
+use crate::model::Overlong;
 
 pub fn run(args: FinetuneBench) -> anyhow::Result<()> {
-    let dir = args.model.resolve()?;
-    let encoder = Encoder::load(&dir)?;
+    let (dir, encoder) = args.model.load_encoder()?;
     if !encoder.info.trainable() {
         bail!(
             "{} ({}) cannot be fine-tuned here: only BERT-family models (BERT, RoBERTa, MPNet) can",

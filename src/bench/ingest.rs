@@ -14,12 +14,10 @@ use serde_json::json;
 use super::server::Server;
 use super::{median, read_rows, with_threads, Row};
 use crate::cli::IngestBench;
-use crate::model::Encoder;
 
 pub fn run(args: IngestBench) -> anyhow::Result<()> {
-    let dir = args.model.resolve()?;
     let threads = args.model.threads.unwrap_or(2);
-    let encoder = Encoder::load(&dir)?;
+    let (dir, encoder) = args.model.load_encoder()?;
     let rows = read_rows(&args.data, args.limit)?;
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let labels: Vec<String> = rows
@@ -44,7 +42,12 @@ pub fn run(args: IngestBench) -> anyhow::Result<()> {
         .as_ref()
         .map(|(url, _)| url.clone())
         .or(args.database_url.clone());
-    let server = runtime.block_on(Server::start(&dir, threads, url.as_deref()))?;
+    let server = runtime.block_on(Server::start(
+        &dir,
+        threads,
+        args.model.decoder_pooling,
+        url.as_deref(),
+    ))?;
     println!(
         "ingest benchmark: {} examples from {} with one weak label each, requests of {}, {} client(s), {backend}, {} model thread(s), model {}, {} alternating run(s) (a fresh task each), median",
         texts.len(),

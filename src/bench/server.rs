@@ -16,11 +16,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `sw2s serve` on `model_dir` with `threads` model threads; `database_url` None
-    /// means SQLite in the temporary data directory.
+    /// Starts `sw2s serve` on `model_dir` with `threads` model threads (and a decoder's
+    /// pooling, when given); `database_url` None means SQLite in the temporary data directory.
     pub async fn start(
         model_dir: &Path,
         threads: usize,
+        pooling: Option<crate::model::DecoderPooling>,
         database_url: Option<&str>,
     ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
@@ -43,6 +44,9 @@ impl Server {
             .stderr(log);
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
+        }
+        if let Some(pooling) = pooling {
+            cmd.env("SW2S_DECODER_POOLING", pooling.as_str().replace('_', "-"));
         }
         let child = cmd.spawn().context("starting sw2s serve")?;
         let server = Self {

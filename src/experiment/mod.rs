@@ -33,7 +33,7 @@ use crate::method::label_model::Vote;
 use crate::method::prior::{estimate, PriorEstimate, PriorEvidence};
 use crate::method::weak::{aggregate, argmax, one_hot, WeakVote};
 use crate::model::encoder::read_config;
-use crate::model::{Encoder, Overlong};
+use crate::model::Overlong;
 use crate::service::settings::{JobMode, TaskSettings};
 
 /// What every method of one seed shares.
@@ -138,9 +138,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
             "--weak-fraction and --strong-fraction must be positive and leave room for a test part"
         );
     }
-    let model_dir = args.model.resolve()?;
-    let encoder = Encoder::load(&model_dir)
-        .with_context(|| format!("loading the model from {}", model_dir.display()))?;
+    let (model_dir, encoder) = args.model.load_encoder()?;
     let trainable = encoder.info.trainable();
     if matches!(weak_kind, WeakKind::Layers(_)) && !trainable {
         bail!(
@@ -157,7 +155,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
     }
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let tokenized = encoder.tokenizer.tokenize(&texts, Overlong::Truncate)?;
-    let sha = encoder.info.sha256.clone();
+    let sha = encoder.info.features_id();
     let cache_dir = args.model.data_dir.join("experiment-cache");
     let texts_key = texts.join("\u{1}");
     let key = |layers| cache::CacheKey {

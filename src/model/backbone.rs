@@ -2,8 +2,8 @@
 //! BERT and MPNet (mean pooling, what `full` jobs fine-tune; served through the packed
 //! inference path, trained through the candle `Bert`), encoders run by
 //! candle-transformers (DistilBERT, XLM-RoBERTa, ModernBERT) and quantized decoder LMs
-//! (last-token hidden state); the last two serve `head` jobs only. Everything above the model layer holds an
-//! `Arc<Backbone>` and asks it for features.
+//! (the last token's hidden state, or the mean of the tokens'); the last two serve `head` jobs
+//! only. Everything above the model layer holds an `Arc<Backbone>` and asks it for features.
 
 use candle_core::Device;
 

@@ -5,16 +5,15 @@
 //! length like the BERT family's sentence embeddings (the vector index compares by cosine, and
 //! the linear heads' AdamW settings assume features of that scale).
 //!
-//! candle-transformers' `ModelWeights::forward` returns only the last token's logits, i.e.
-//! `output · norm(h_last)`. Loading the model with `output.weight` replaced by an F32
-//! identity matrix makes that forward return `norm(h_last)` itself, so the maintained model
-//! code runs unchanged. The model has no padding mask, so texts are batched only with texts
-//! of the same token length (a causal model would otherwise read the padding).
-//!
-//! Small models are dequantized to F32 at load (the same rewrite of the tensor table): candle's
-//! CPU quantized kernels are slow here — SmolLM2's Q4_1 ran at 0.7 SciQ sentences/s on 2
-//! cores, Gemma 3's Q4_K_M at 1.2 — while F32 goes through the AVX-512 `gemm`. Models whose F32 weights would pass
-//! `DEQUANTIZE_LIMIT_BYTES` stay quantized.
+//! Models whose F32 weights fit in `DEQUANTIZE_LIMIT_BYTES` are dequantized at load and run
+//! on packed tokens (`packed_decoder.rs`: any lengths in one batch, last-token or mean
+//! pooling, about 3× the speed of the path below). Larger ones stay quantized and run on
+//! candle-transformers' model code: its `ModelWeights::forward` returns only the last token's
+//! logits, i.e. `output · norm(h_last)`, so the model is loaded with `output.weight` replaced
+//! by an F32 identity matrix, which makes that forward return `norm(h_last)` itself; it has
+//! no padding mask, so texts are batched only with texts of the same token length, and it
+//! offers last-token pooling only. candle's CPU quantized kernels are slow here (SmolLM2's
+//! Q4_1 ran at 0.7 SciQ sentences/s on 2 cores), which is why small models are dequantized.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -26,9 +25,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama;
 
-use super::vendored::quantized_gemma3;
-
 use super::encoder::Encoded;
+use super::packed_decoder::{DecoderPooling, PackedDecoder};
+use super::vendored::quantized_gemma3;
 
 /// Longest input served by default: long enough for a question with its support paragraph,
 /// short enough to keep CPU latency sane (attention is quadratic).
@@ -42,9 +41,14 @@ enum Weights {
     Gemma3(quantized_gemma3::ModelWeights),
 }
 
+enum Runner {
+    Packed(PackedDecoder),
+    Candle(Mutex<Weights>),
+}
+
 /// A quantized decoder LM that embeds texts (no generation).
 pub struct DecoderLm {
-    weights: Mutex<Weights>,
+    runner: Runner,
     pub architecture: String,
     pub hidden: usize,
     pub layers: usize,
@@ -53,6 +57,7 @@ pub struct DecoderLm {
     pub quantisation: String,
     /// Whether the weights were dequantized to F32 at load (see the module comment).
     pub dequantized: bool,
+    pub pooling: DecoderPooling,
 }
 
 /// What the GGUF header says, read without loading the weights.
@@ -113,7 +118,23 @@ fn file_type_name(code: Option<u32>) -> String {
 
 impl DecoderLm {
     /// Loads the model from `path`, whose header `read_header` has read.
-    pub fn load(path: &Path, header: GgufHeader, device: &Device) -> anyhow::Result<Self> {
+    pub fn load(
+        path: &Path,
+        header: GgufHeader,
+        device: &Device,
+        pooling: DecoderPooling,
+    ) -> anyhow::Result<Self> {
+        Self::load_within(path, header, device, pooling, DEQUANTIZE_LIMIT_BYTES)
+    }
+
+    /// `load` with the dequantization limit given (tests force the candle path with 0).
+    pub fn load_within(
+        path: &Path,
+        header: GgufHeader,
+        device: &Device,
+        pooling: DecoderPooling,
+        dequantize_limit: usize,
+    ) -> anyhow::Result<Self> {
         let GgufHeader {
             mut content,
             architecture,
@@ -141,89 +162,97 @@ impl DecoderLm {
             .values()
             .map(|t| t.shape.elem_count() * 4)
             .sum();
-        let dequantized = f32_bytes <= DEQUANTIZE_LIMIT_BYTES;
-        if dequantized {
-            let names: Vec<String> = content
-                .tensor_infos
-                .iter()
-                .filter(|(_, t)| t.ggml_dtype != GgmlDType::F32)
-                .map(|(n, _)| n.clone())
-                .collect();
-            for name in names {
-                let qtensor = {
-                    let mut reader = Cursor::new(&bytes);
-                    content.tensor(&mut reader, &name, &Device::Cpu)?
-                };
-                let values = qtensor
-                    .dequantize(&Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let offset = bytes.len() as u64 - content.tensor_data_offset;
-                bytes.reserve(values.len() * 4);
-                for v in values {
+        let dequantized = f32_bytes <= dequantize_limit;
+        let runner = if dequantized {
+            let positions = context_length.min(DEFAULT_MAX_TOKENS);
+            Runner::Packed(
+                PackedDecoder::from_gguf(&content, &bytes, arch, positions)
+                    .with_context(|| format!("building the model from {}", path.display()))?,
+            )
+        } else {
+            if pooling != DecoderPooling::LastToken {
+                bail!(
+                    "{}: {} pooling needs the model in F32 ({} MiB, over the {} MiB this \
+                     build dequantizes); the quantized path pools by the last token only",
+                    path.display(),
+                    pooling.as_str(),
+                    f32_bytes >> 20,
+                    dequantize_limit >> 20
+                );
+            }
+            // The identity output head goes after the file's data (see the module comment).
+            let offset = bytes.len() as u64 - content.tensor_data_offset;
+            bytes.reserve(hidden * hidden * 4);
+            for row in 0..hidden {
+                for col in 0..hidden {
+                    let v: f32 = if row == col { 1.0 } else { 0.0 };
                     bytes.extend_from_slice(&v.to_le_bytes());
                 }
-                if let Some(info) = content.tensor_infos.get_mut(&name) {
-                    info.ggml_dtype = GgmlDType::F32;
-                    info.offset = offset;
-                }
             }
-        }
-        // The identity output head goes after the file's data (see the module comment).
-        let offset = bytes.len() as u64 - content.tensor_data_offset;
-        bytes.reserve(hidden * hidden * 4);
-        for row in 0..hidden {
-            for col in 0..hidden {
-                let v: f32 = if row == col { 1.0 } else { 0.0 };
-                bytes.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        content.tensor_infos.insert(
-            "output.weight".to_string(),
-            TensorInfo {
-                ggml_dtype: GgmlDType::F32,
-                shape: (hidden, hidden).into(),
-                offset,
-            },
-        );
-        let mut reader = Cursor::new(bytes);
-        let weights = match arch {
-            "llama" => Weights::Llama(
-                quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
-                    .with_context(|| format!("building the Llama model from {}", path.display()))?,
-            ),
-            _ => Weights::Gemma3(
-                quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device)
-                    .with_context(|| {
-                        format!("building the Gemma 3 model from {}", path.display())
-                    })?,
-            ),
+            content.tensor_infos.insert(
+                "output.weight".to_string(),
+                TensorInfo {
+                    ggml_dtype: GgmlDType::F32,
+                    shape: (hidden, hidden).into(),
+                    offset,
+                },
+            );
+            let mut reader = Cursor::new(bytes);
+            let weights = match arch {
+                "llama" => Weights::Llama(
+                    quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
+                        .with_context(|| {
+                            format!("building the Llama model from {}", path.display())
+                        })?,
+                ),
+                _ => Weights::Gemma3(
+                    quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device)
+                        .with_context(|| {
+                            format!("building the Gemma 3 model from {}", path.display())
+                        })?,
+                ),
+            };
+            Runner::Candle(Mutex::new(weights))
         };
         Ok(Self {
-            weights: Mutex::new(weights),
+            runner,
             architecture,
             hidden,
             layers,
             context_length,
             quantisation,
             dequantized,
+            pooling,
         })
     }
 
-    /// The last token's final hidden state for each text, in input order.
+    /// One feature vector per text (its pooled final hidden states), in input order.
     pub fn embed(&self, batch: &[&Encoded], device: &Device) -> candle_core::Result<Vec<Vec<f32>>> {
+        match &self.runner {
+            Runner::Packed(model) => model.embed(batch, self.pooling),
+            Runner::Candle(weights) => Self::embed_candle(weights, self.hidden, batch, device),
+        }
+    }
+
+    /// The last token's final hidden state for each text, in input order, through
+    /// candle-transformers' model (texts of equal length batched together).
+    fn embed_candle(
+        weights: &Mutex<Weights>,
+        hidden: usize,
+        batch: &[&Encoded],
+        device: &Device,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
         let mut out: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].len());
-        let mut weights = self
-            .weights
+        let mut weights = weights
             .lock()
             .map_err(|_| candle_core::Error::Msg("the decoder's lock was poisoned".into()))?;
         for group in order.chunk_by(|&a, &b| batch[a].len() == batch[b].len()) {
             let len = batch[group[0]].len();
             if len == 0 {
                 for &i in group {
-                    out[i] = Some(vec![0.0; self.hidden]);
+                    out[i] = Some(vec![0.0; hidden]);
                 }
                 continue;
             }

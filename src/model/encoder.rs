@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::backbone::Backbone;
 use super::bert::{load_weights, Bert, BertConfig, Pass};
 use super::decoder::DecoderLm;
+use super::packed_decoder::DecoderPooling;
 
 /// What to do with a text longer than the model accepts.
 #[derive(
@@ -79,6 +80,20 @@ fn default_jobs() -> Vec<String> {
 }
 
 impl ModelInfo {
+    /// What identifies the features this model makes: the weights' sha256, and the pooling
+    /// when a decoder is pooled otherwise than by its last token (stored embeddings, head
+    /// versions and the experiment's cache are keyed by it).
+    pub fn features_id(&self) -> String {
+        let decoder = !self.jobs.iter().any(|j| j == "full")
+            && self.pooling == "mean"
+            && matches!(self.family.as_str(), "llama" | "gemma3");
+        if decoder {
+            format!("{}:mean", self.sha256)
+        } else {
+            self.sha256.clone()
+        }
+    }
+
     /// Whether `full` jobs (fine-tuning the encoder) can run on this model.
     pub fn trainable(&self) -> bool {
         self.jobs.iter().any(|j| j == "full")
@@ -296,13 +311,25 @@ fn model_id(dir: &Path, fallback: &Path) -> String {
 impl Encoder {
     /// Loads a BERT-family directory, a `.gguf` decoder LM, or a directory holding one.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        match gguf_file(path)? {
-            Some(file) => Self::load_decoder(&file),
-            None => Self::load_bert_dir(path),
+        Self::load_pooled(path, None)
+    }
+
+    /// `load`, with a decoder LM's pooling chosen (`None`: its default, the last token).
+    /// Encoders pool as their own configuration says, so a pooling given for one is refused.
+    pub fn load_pooled(path: &Path, pooling: Option<DecoderPooling>) -> anyhow::Result<Self> {
+        match (gguf_file(path)?, pooling) {
+            (Some(file), pooling) => Self::load_decoder(&file, pooling.unwrap_or_default()),
+            (None, None) => Self::load_bert_dir(path),
+            (None, Some(p)) => bail!(
+                "--decoder-pooling {} applies to decoder LMs (.gguf); {} is an encoder, pooled \
+                 as its sentence-transformers configuration says",
+                p.as_str(),
+                path.display()
+            ),
         }
     }
 
-    fn load_decoder(file: &Path) -> anyhow::Result<Self> {
+    fn load_decoder(file: &Path, pooling: DecoderPooling) -> anyhow::Result<Self> {
         let device = Device::Cpu;
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let header = super::decoder::read_header(file)?;
@@ -312,7 +339,7 @@ impl Encoder {
         } else {
             Some(super::gguf_tokenizer::from_gguf(&header.content)?)
         };
-        let lm = DecoderLm::load(file, header, &device)?;
+        let lm = DecoderLm::load(file, header, &device, pooling)?;
         let max_length = lm.context_length.min(super::decoder::DEFAULT_MAX_TOKENS);
         let tokenizer = match gguf_tokenizer {
             Some(tokenizer) => TextTokenizer::new(tokenizer, max_length)?,
@@ -327,7 +354,7 @@ impl Encoder {
                 sha256,
                 layers: lm.layers,
                 family: lm.architecture.clone(),
-                pooling: "last_token".into(),
+                pooling: pooling.as_str().into(),
                 dtype: if lm.dequantized {
                     format!("{} (dequantized to F32)", lm.quantisation)
                 } else {

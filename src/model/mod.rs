@@ -1,5 +1,5 @@
 //! The strong model: tokenizers, the model families (the project's trainable BERT, quantized
-//! decoder LMs through candle-transformers) behind one `Backbone`, the batching worker, model
+//! decoder LMs, packed or through candle-transformers) behind one `Backbone`, the batching worker, model
 //! versions on disk (manifest, the heads' tensor file), and the catalogue of fetchable models. Nothing here
 //! knows about tasks or the method: the per-task heads and every kind of training live in
 //! `method`.
@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod gguf_tokenizer;
 pub mod manifest;
 pub mod packed;
+pub mod packed_decoder;
 pub mod tensor_file;
 pub mod testing;
 pub mod train_ops;
@@ -23,4 +24,5 @@ pub mod worker;
 
 pub use backbone::Backbone;
 pub use encoder::{Encoded, Encoder, ModelInfo, Overlong, TextTokenizer};
+pub use packed_decoder::DecoderPooling;
 pub use worker::{BatchConfig, ModelWorker, WorkerError};

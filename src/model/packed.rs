@@ -18,11 +18,11 @@ use super::encoder::Encoded;
 use super::fast_math;
 
 /// A linear layer with its weight transposed to (in × out), row-major, for `x · W`.
-struct Dense {
+pub(super) struct Dense {
     wt: Vec<f32>,
     bias: Vec<f32>,
-    inp: usize,
-    out: usize,
+    pub(super) inp: usize,
+    pub(super) out: usize,
 }
 
 impl Dense {
@@ -47,9 +47,25 @@ impl Dense {
         })
     }
 
+    /// From a weight without bias, (out × in) row-major (GGUF's layout as candle reads it).
+    pub(super) fn from_rows(w: &[f32], out: usize, inp: usize) -> Self {
+        let mut wt = vec![0f32; out * inp];
+        for (o, row) in w.chunks(inp).enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                wt[i * out + o] = *v;
+            }
+        }
+        Self {
+            wt,
+            bias: vec![0.0; out],
+            inp,
+            out,
+        }
+    }
+
     /// `dst` (rows × out) gets `base + x · W + bias`, where `base` (rows × out) is what a
     /// residual connection adds (None: nothing).
-    fn forward_into(&self, x: &[f32], base: Option<&[f32]>, dst: &mut [f32]) {
+    pub(super) fn forward_into(&self, x: &[f32], base: Option<&[f32]>, dst: &mut [f32]) {
         let rows = x.len() / self.inp;
         debug_assert_eq!(dst.len(), rows * self.out);
         // Bias (and residual) first, then the multiply accumulates onto them.
@@ -73,7 +89,7 @@ impl Dense {
 /// `dst` (m × n) += `a` (m × k) · `b` (k × n), all row-major. Split by rows over the rayon
 /// pool: each thread runs gemm single-threaded on its own rows, which scales better at
 /// these sizes (a few hundred rows) than gemm's own splitting.
-fn matmul_rows(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+pub(super) fn matmul_rows(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
     let threads = rayon::current_num_threads().max(1);
     let rows_per = m.div_ceil(threads).max(1);
     if threads == 1 || m < 2 * threads {
@@ -163,10 +179,18 @@ struct Layer {
 
 /// A raw pointer that attention tasks share: each writes a disjoint block of the context.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
 // SAFETY: tasks write disjoint (rows of one text) × (columns of one head) blocks.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The address `offset` floats in (taking `self` whole, so closures capture the Sync
+    /// wrapper rather than its raw field).
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
 
 pub struct PackedBert {
     word: Vec<f32>,
@@ -370,30 +394,8 @@ impl PackedBert {
             let v = &qkv[start * row + 2 * h + hd * d..];
             let mut scores = vec![0f32; len * len];
             // SAFETY: q and k address rows start..start+len of their column block, inside
-            // `qkv`; `scores` is len × len.
-            unsafe {
-                gemm::gemm(
-                    len,
-                    len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    row as isize,
-                    k.as_ptr(),
-                    row as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+            // `qkv` (row stride `row`).
+            unsafe { scores_qk(&mut scores, q.as_ptr(), k.as_ptr(), len, len, d, row, scale) };
             for (qi, srow) in scores.chunks_mut(len).enumerate() {
                 if let Some((table, _)) = &self.relative {
                     // Offsets m − qi run from −qi, at index longest − qi.
@@ -404,35 +406,104 @@ impl PackedBert {
                 }
                 fast_math::softmax_row(srow);
             }
-            let dst = out;
             debug_assert!((start + len - 1) * h + hd * d + d <= ctx_len);
             // SAFETY: this task alone writes rows start..start+len, columns hd·d..(hd+1)·d of
             // `ctx` (bounds asserted above); v addresses the same rows of V inside `qkv`.
             unsafe {
-                gemm::gemm(
+                weighted_values(
+                    out.at(start * h + hd * d),
+                    h,
+                    &scores,
+                    v.as_ptr(),
+                    row,
+                    len,
                     len,
                     d,
-                    len,
-                    dst.0.add(start * h + hd * d),
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v.as_ptr(),
-                    1,
-                    row as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+                )
+            };
         });
     }
+}
+
+/// `scores` (lq × lk) = scale · Q · Kᵀ for one head: Q's rows at `q` and K's at `k`, each `d`
+/// wide, `stride` apart.
+///
+/// # Safety
+/// `q` must address `lq` rows and `k` `lk` rows of `d` readable floats at that stride.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn scores_qk(
+    scores: &mut [f32],
+    q: *const f32,
+    k: *const f32,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    stride: usize,
+    scale: f32,
+) {
+    assert!(scores.len() >= lq * lk);
+    gemm::gemm(
+        lq,
+        lk,
+        d,
+        scores.as_mut_ptr(),
+        1,
+        lk as isize,
+        false,
+        q,
+        1,
+        stride as isize,
+        k,
+        stride as isize,
+        1,
+        0.0,
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// `dst` (lq × d, rows `dst_stride` apart) = `probs` (lq × lk) · V (lk rows at `v`, `stride`
+/// apart).
+///
+/// # Safety
+/// `dst` must address `lq` writable rows of `d` floats that nothing else touches meanwhile,
+/// and `v` `lk` readable rows of `d` floats.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn weighted_values(
+    dst: *mut f32,
+    dst_stride: usize,
+    probs: &[f32],
+    v: *const f32,
+    stride: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+) {
+    assert!(probs.len() >= lq * lk);
+    gemm::gemm(
+        lq,
+        d,
+        lk,
+        dst,
+        1,
+        dst_stride as isize,
+        false,
+        probs.as_ptr(),
+        1,
+        lk as isize,
+        v,
+        1,
+        stride as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! A tiny random BERT (or MPNet) written to a directory, for tests that need the model's plumbing but
-//! not its knowledge (the real MiniLM is used wherever behaviour depends on it).
+//! A tiny random BERT (or MPNet) written to a directory, or a tiny decoder LM as GGUF, for
+//! tests that need the model's plumbing but not its knowledge (the real models are used
+//! wherever behaviour depends on it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -191,5 +192,93 @@ fn write_tiny(dir: &Path, seed: u64, mpnet: bool) -> anyhow::Result<()> {
         dir.join("tokenizer.json"),
         serde_json::to_string(&tokenizer)?,
     )?;
+    Ok(())
+}
+
+/// Writes a random 3-layer decoder LM as a GGUF file (`arch`: `llama` or `gemma3`), F32
+/// weights, a 40-token vocabulary (BOS id 1) and no tokenizer: tests feed token ids. Gemma 3's
+/// head width (16) differs from its hidden size (32) and its layers 0 and 2 are local with a
+/// window of 3 tokens, so the shapes and masks that differ from Llama's are exercised.
+pub fn write_tiny_gguf(path: &Path, arch: &str, seed: u64) -> anyhow::Result<()> {
+    use candle_core::quantized::gguf_file::Value;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    let (hidden, heads, kv_heads, inner, vocab, blocks) = (32usize, 4usize, 2usize, 48, 40, 3);
+    let gemma = arch == "gemma3";
+    let head_dim = if gemma { 16 } else { hidden / heads };
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (key("embedding_length"), Value::U32(hidden as u32)),
+        (key("block_count"), Value::U32(blocks as u32)),
+        (key("context_length"), Value::U32(64)),
+        (key("feed_forward_length"), Value::U32(inner as u32)),
+        (key("attention.head_count"), Value::U32(heads as u32)),
+        (key("attention.head_count_kv"), Value::U32(kv_heads as u32)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        (key("rope.freq_base"), Value::F32(10_000.0)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+    ];
+    if gemma {
+        metadata.extend([
+            (key("attention.key_length"), Value::U32(head_dim as u32)),
+            (key("attention.value_length"), Value::U32(head_dim as u32)),
+            (key("attention.sliding_window"), Value::U32(3)),
+            (key("attention.sliding_window_type"), Value::U32(2)),
+            (key("rope.local_freq_base"), Value::F32(100.0)),
+        ]);
+    } else {
+        metadata.push((key("rope.dimension_count"), Value::U32(head_dim as u32)));
+    }
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("token_embd.weight".into(), vec![vocab, hidden]),
+        ("output_norm.weight".into(), vec![hidden]),
+    ];
+    let (q_out, kv_out) = (heads * head_dim, kv_heads * head_dim);
+    for l in 0..blocks {
+        let mut layer = vec![
+            ("attn_norm", vec![hidden]),
+            ("attn_q", vec![q_out, hidden]),
+            ("attn_k", vec![kv_out, hidden]),
+            ("attn_v", vec![kv_out, hidden]),
+            ("attn_output", vec![hidden, q_out]),
+            ("ffn_norm", vec![hidden]),
+            ("ffn_gate", vec![inner, hidden]),
+            ("ffn_up", vec![inner, hidden]),
+            ("ffn_down", vec![hidden, inner]),
+        ];
+        if gemma {
+            layer.extend([
+                ("attn_q_norm", vec![head_dim]),
+                ("attn_k_norm", vec![head_dim]),
+                ("post_attention_norm", vec![hidden]),
+                ("post_ffw_norm", vec![hidden]),
+            ]);
+        }
+        shapes.extend(
+            layer
+                .into_iter()
+                .map(|(n, s)| (format!("blk.{l}.{n}.weight"), s)),
+        );
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let tensors = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = if shape.len() == 1 {
+                (0..n).map(|_| 1.0 + rng.gen_range(-0.2..0.2)).collect()
+            } else {
+                (0..n).map(|_| rng.gen_range(-0.3..0.3)).collect()
+            };
+            let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
+            Ok((name, QTensor::quantize(&t, GgmlDType::F32)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path)?;
+    candle_core::quantized::gguf_file::write(&mut file, &md, &ts)?;
     Ok(())
 }

@@ -30,8 +30,8 @@ use anyhow::Context;
 
 use crate::error::{Error, Result};
 use crate::model::Backbone;
-use crate::model::Overlong;
 use crate::model::{BatchConfig, Encoded, Encoder, ModelInfo, ModelWorker, TextTokenizer};
+use crate::model::{DecoderPooling, Overlong};
 use crate::store::tasks::TaskRow;
 use crate::store::Store;
 
@@ -64,8 +64,13 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn load(dir: &Path, batch: BatchConfig, overlong: Overlong) -> anyhow::Result<Self> {
-        let encoder = Encoder::load(dir)
+    pub fn load(
+        dir: &Path,
+        batch: BatchConfig,
+        overlong: Overlong,
+        pooling: Option<DecoderPooling>,
+    ) -> anyhow::Result<Self> {
+        let encoder = Encoder::load_pooled(dir, pooling)
             .with_context(|| format!("loading the model from {}", dir.display()))?;
         let worker = ModelWorker::start(encoder.device.clone(), batch)?;
         Ok(Self {
@@ -80,10 +85,12 @@ impl Model {
 
     /// The id stored with embeddings made by the base encoder.
     pub fn base_encoder_id(&self) -> String {
-        format!(
-            "base:{}",
-            &self.info.sha256[..16.min(self.info.sha256.len())]
-        )
+        let id = self.info.features_id();
+        // The weights' sha256 shortened, and the pooling when it is not the model's own.
+        match id.split_once(':') {
+            Some((sha, pooling)) => format!("base:{}:{pooling}", &sha[..16.min(sha.len())]),
+            None => format!("base:{}", &id[..16.min(id.len())]),
+        }
     }
 
     /// Tokenizes request texts; an over-long text is a 422 under `--on-overlong refuse`,

@@ -105,10 +105,20 @@ pub fn catalogue_model_dir(name: &str) -> PathBuf {
 
 /// A catalogue model, fetched as above and loaded in process.
 pub async fn catalogue_encoder(name: &'static str) -> sw2s::model::Encoder {
-    tokio::task::spawn_blocking(move || sw2s::model::Encoder::load(&catalogue_model_dir(name)))
-        .await
-        .expect("loading thread")
-        .unwrap_or_else(|e| panic!("loading {name}: {e:#}"))
+    catalogue_encoder_pooled(name, None).await
+}
+
+/// The same with a decoder LM's pooling chosen.
+pub async fn catalogue_encoder_pooled(
+    name: &'static str,
+    pooling: Option<sw2s::model::DecoderPooling>,
+) -> sw2s::model::Encoder {
+    tokio::task::spawn_blocking(move || {
+        sw2s::model::Encoder::load_pooled(&catalogue_model_dir(name), pooling)
+    })
+    .await
+    .expect("loading thread")
+    .unwrap_or_else(|e| panic!("loading {name}: {e:#}"))
 }
 
 pub fn tiny_model_dir(root: &Path) -> PathBuf {

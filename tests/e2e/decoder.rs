@@ -3,7 +3,8 @@
 //! job with a trained P(IK) on its hidden states, decisions, and `full` refused with 422.
 
 use crate::common::{
-    assert_error, catalogue_encoder, wait_job, Backend, ModelKind, Options, TestServer,
+    assert_error, catalogue_encoder, catalogue_encoder_pooled, wait_job, Backend, ModelKind,
+    Options, TestServer,
 };
 use crate::model::cosine;
 use rand::{Rng, SeedableRng};
@@ -62,6 +63,18 @@ async fn parity(name: &'static str, fixture: &str, dims: usize, family: &str, to
         "{name}: token ids equal on {} texts; lowest cosine to transformers' float model {worst:.5}",
         rows.len()
     );
+    // `--decoder-pooling mean`: the mean of every token's final state but BOS's.
+    let mean = catalogue_encoder_pooled(name, Some(sw2s::model::DecoderPooling::Mean)).await;
+    assert_eq!(mean.info.pooling, "mean");
+    assert_ne!(mean.info.features_id(), encoder.info.features_id());
+    let pooled = mean.backbone.embed(&refs, &mean.device).unwrap();
+    let mut worst = 1.0f64;
+    for (row, got) in rows.iter().zip(&pooled) {
+        let want: Vec<f32> = serde_json::from_value(row["mean"].clone()).unwrap();
+        worst = worst.min(cosine(got, &want));
+    }
+    eprintln!("{name}: mean pooling, lowest cosine to transformers {worst:.5}");
+    assert!(worst >= tolerance, "{name}: mean pooling cosine {worst:.5}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,19 +102,27 @@ async fn gemma3_matches_transformers() {
 }
 
 /// 160 SciQ questions with an answer, weak labels right 70% of the time, 60 gold labels.
+/// On PostgreSQL the server runs with `--decoder-pooling mean`, so both poolings serve the
+/// whole scenario.
 async fn serve_decoder(backend: Backend) {
     if !crate::data::have_datasets() {
         return;
     }
-    let Some(s) =
-        TestServer::start(Options::new(backend, ModelKind::Catalogue("smollm2-135m"))).await
-    else {
+    let mut options = Options::new(backend, ModelKind::Catalogue("smollm2-135m"));
+    let pooling = match backend {
+        Backend::Postgres => {
+            options = options.flag("decoder-pooling", "mean");
+            "mean"
+        }
+        Backend::Sqlite => "last_token",
+    };
+    let Some(s) = TestServer::start(options).await else {
         return;
     };
     let (status, info) = s.get("/info").await;
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["model"]["family"], "llama", "{info}");
-    assert_eq!(info["model"]["pooling"], "last_token");
+    assert_eq!(info["model"]["pooling"], pooling);
     assert_eq!(info["model"]["dtype"], "Q4_1 (dequantized to F32)");
     assert_eq!(info["model"]["jobs"], json!(["head"]));
     assert_eq!(info["model"]["dims"], 576);
@@ -207,9 +228,25 @@ async fn serve_decoder(backend: Backend) {
         })
         .count();
     eprintln!(
-        "SmolLM2 server ({backend:?}): decisions {right}/100 right; weak labels {weak_right}/160"
+        "SmolLM2 server ({backend:?}, {pooling} pooling): decisions {right}/100 right; weak labels {weak_right}/160"
     );
     s.finish().await;
 }
 
 both_backends!(decoder_lm_serves_head_jobs, super::serve_decoder);
+
+/// A decoder's pooling asked of an encoder is refused at load, saying why.
+#[test]
+fn decoder_pooling_is_refused_for_an_encoder() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = crate::common::tiny_model_dir(root.path());
+    let err = sw2s::model::Encoder::load_pooled(&dir, Some(sw2s::model::DecoderPooling::Mean))
+        .err()
+        .expect("an encoder with --decoder-pooling");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("--decoder-pooling mean applies to decoder LMs"),
+        "{msg}"
+    );
+    assert!(sw2s::model::Encoder::load_pooled(&dir, None).is_ok());
+}
