@@ -84,10 +84,8 @@ impl ModelInfo {
     /// when a decoder is pooled otherwise than by its last token (stored embeddings, head
     /// versions and the experiment's cache are keyed by it).
     pub fn features_id(&self) -> String {
-        let decoder = !self.jobs.iter().any(|j| j == "full")
-            && self.pooling == "mean"
-            && matches!(self.family.as_str(), "llama" | "gemma3");
-        if decoder {
+        let decoder = matches!(self.family.as_str(), "llama" | "gemma3");
+        if decoder && self.pooling == "mean" {
             format!("{}:mean", self.sha256)
         } else {
             self.sha256.clone()
