@@ -21,6 +21,19 @@ pub struct EncoderRef {
     /// sha256 of the fine-tuned `encoder.safetensors`, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_sha256: Option<String>,
+    /// What identifies the base features the heads were trained on: the weights' sha256, with
+    /// `:mean` for a mean-pooled decoder. Absent in older manifests (then the sha256 alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<String>,
+}
+
+impl EncoderRef {
+    /// Whether this version was made on the base model (and pooling) `info` describes: its
+    /// heads read that model's features and nothing else's.
+    pub fn made_on(&self, info: &crate::model::ModelInfo) -> bool {
+        self.sha256 == info.sha256
+            && self.features.as_deref().unwrap_or(&self.sha256) == info.features_id()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -115,4 +128,47 @@ pub fn write_version_dir(
     std::fs::rename(&staged, dir).with_context(|| format!("renaming into {}", dir.display()))?;
     crate::fsio::sync_dir(parent);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelInfo;
+
+    fn info(family: &str, pooling: &str) -> ModelInfo {
+        ModelInfo {
+            model_id: "m".into(),
+            dims: 4,
+            max_length: 8,
+            sha256: "abc".into(),
+            layers: 1,
+            family: family.into(),
+            pooling: pooling.into(),
+            dtype: "F32".into(),
+            jobs: vec!["head".into()],
+        }
+    }
+
+    #[test]
+    fn a_version_is_served_only_on_the_model_and_pooling_it_was_made_on() {
+        let made = |sha: &str, features: Option<&str>| EncoderRef {
+            id: "m".into(),
+            sha256: sha.into(),
+            dims: 4,
+            fine_tuned: false,
+            weights_sha256: None,
+            features: features.map(str::to_string),
+        };
+        let last = info("llama", "last_token");
+        let mean = info("llama", "mean");
+        assert_eq!(mean.features_id(), "abc:mean");
+        assert_eq!(info("bert", "mean").features_id(), "abc");
+        // Manifests written before the features id: the sha256 alone, the default pooling.
+        assert!(made("abc", None).made_on(&last));
+        assert!(!made("abc", None).made_on(&mean));
+        assert!(made("abc", Some("abc:mean")).made_on(&mean));
+        assert!(!made("abc", Some("abc:mean")).made_on(&last));
+        assert!(!made("other", None).made_on(&last));
+        assert!(made("abc", Some("abc")).made_on(&info("bert", "mean")));
+    }
 }

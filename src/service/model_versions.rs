@@ -75,6 +75,23 @@ impl Service {
             .ok_or_else(|| {
                 Error::not_found(format!("task {task_name:?} has no model version {version}"))
             })?;
+        let target = self.load_version(row.id).await?;
+        if !target.usable {
+            let e = &target.manifest.encoder;
+            return Err(Error::conflict(
+                "version_model_mismatch",
+                format!(
+                    "version {version} was made on {} (sha256 {}, features {}); this server runs \
+                     {} ({}): its heads cannot read these features. Run a job to train a version \
+                     for this model",
+                    e.id,
+                    e.sha256,
+                    e.features.as_deref().unwrap_or(&e.sha256),
+                    self.model.info.model_id,
+                    self.model.info.features_id()
+                ),
+            ));
+        }
         let current = self.active_version(&task).await?.map(|v| v.version);
         if task.active_version_id == Some(row.id) {
             return Ok((
@@ -86,7 +103,6 @@ impl Service {
                 },
             ));
         }
-        let target = self.load_version(row.id).await?;
         let (_, encoder_now) = self.task_encoder(&task).await?;
         if target.encoder_id != encoder_now {
             let job = self

@@ -22,6 +22,9 @@ pub struct LoadedVersion {
     pub backbone: Arc<Backbone>,
     /// Stored with the embeddings this version's encoder makes.
     pub encoder_id: String,
+    /// False when the version was made on another base model or pooling than this server
+    /// runs: its heads would read features they were not trained on, so it is not served.
+    pub usable: bool,
     /// The fine-tuned encoder's weights, relative to the data dir (None: the base model).
     pub encoder_path: Option<String>,
 }
@@ -42,8 +45,17 @@ impl Service {
             ))
         })?;
         let heads = Heads::from_safetensors(&row.heads)?;
+        let usable = manifest.encoder.made_on(&self.model.info);
+        if !usable {
+            tracing::warn!(
+                version_id,
+                made_on = %manifest.encoder.id,
+                running = %self.model.info.model_id,
+                "model version made on another base model or pooling: not served; the task's next job trains one for this model"
+            );
+        }
         let (backbone, encoder_id) = match &row.encoder_path {
-            Some(rel) => {
+            Some(rel) if usable => {
                 let path = self.data_dir.join(rel);
                 let dir = self.model.dir.clone();
                 let model = tokio::task::spawn_blocking(move || Backbone::fine_tuned(&dir, &path))
@@ -54,7 +66,7 @@ impl Service {
                     })?;
                 (Arc::new(model), fine_tuned_encoder_id(rel))
             }
-            None => (self.model.base.clone(), self.model.base_encoder_id()),
+            _ => (self.model.base.clone(), self.model.base_encoder_id()),
         };
         let pipeline = match &manifest.pipeline {
             Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
@@ -73,6 +85,7 @@ impl Service {
             backbone,
             encoder_id,
             encoder_path: row.encoder_path.clone(),
+            usable,
         });
         if let Ok(mut cache) = self.versions.lock() {
             // Fine-tuned encoders are ~90 MB each: keep a handful.
@@ -96,7 +109,8 @@ impl Service {
 
     pub async fn active_version(&self, task: &TaskCtx) -> Result<Option<Arc<LoadedVersion>>> {
         match task.active_version_id {
-            Some(id) => Ok(Some(self.load_version(id).await?)),
+            // A version made on another model is treated as none until a job makes one.
+            Some(id) => Ok(Some(self.load_version(id).await?).filter(|v| v.usable)),
             None => Ok(None),
         }
     }

@@ -1,6 +1,7 @@
 //! Fine-tuning jobs and model versions over HTTP (tiny model, both databases): one job per
 //! task, progress and metrics, versions, activation and rollback, cancel and retry, `full`
-//! jobs with re-embedding, interrupted jobs after a restart, and the new-examples trigger.
+//! jobs with re-embedding, interrupted jobs after a restart, a restart on another base model,
+//! and the new-examples trigger.
 
 use std::time::Duration;
 
@@ -86,6 +87,7 @@ async fn lifecycle(backend: Backend) {
     cancel_running_job(&s).await;
     full_job_and_reembedding(&s).await;
     interrupted_job_is_failed_and_retried(&mut s).await;
+    another_base_model(&mut s).await;
     s.finish().await;
 }
 
@@ -356,6 +358,36 @@ async fn interrupted_job_is_failed_and_retried(s: &mut TestServer) {
         "succeeded"
     );
 }
+/// Restarted on another base model, the server does not serve versions made on the old one
+/// (their heads read other features): predictions carry no version, activating one is 409,
+/// and the next job trains a version for the new model.
+async fn another_base_model(s: &mut TestServer) {
+    let before = predict_version(s, "t").await;
+    let before = before.as_i64().expect("a version is served");
+    s.stop().await;
+    let other = s.dir.path().join("tiny-bert-other");
+    sw2s::model::testing::write_tiny_bert(&other, 43).unwrap();
+    s.model_dir = other;
+    s.launch(&[]).await;
+    assert_eq!(predict_version(s, "t").await, Value::Null);
+    assert_error(
+        &s.post(&format!("/v1/tasks/t/models/{before}/activate"), &json!({}))
+            .await,
+        409,
+        "version_model_mismatch",
+    );
+    let id = start_job(s, "t", json!({})).await;
+    let job = wait_job(s, "t", id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(predict_version(s, "t").await, json!(before + 1));
+    let (_, models) = s.get("/v1/tasks/t/models").await;
+    let manifest = &models["versions"][0]["manifest"];
+    assert_eq!(
+        manifest["encoder"]["features"], manifest["encoder"]["sha256"],
+        "{manifest}"
+    );
+}
+
 both_backends!(job_lifecycle, super::lifecycle);
 
 /// With `job_every_new_examples`, enough new examples start a job by themselves.

@@ -177,6 +177,7 @@ impl Service {
                 dims: info.dims,
                 fine_tuned: change.new_encoder.is_some() || change.encoder_path.is_some(),
                 weights_sha256: None,
+                features: Some(info.features_id()),
             },
             mode: publish.mode.as_str().into(),
             job_id: Some(job.id),
@@ -296,7 +297,7 @@ impl Service {
     }
 }
 
-async fn write_embeddings(
+pub(super) async fn write_embeddings(
     tx: &mut crate::store::WriteTx,
     embeddings: &HashMap<i64, Vec<f32>>,
     encoder_id: &str,

@@ -126,6 +126,49 @@ struct Trained {
 }
 
 impl Service {
+    /// Embeds, with the encoder this job trains on, the examples that have no embedding from
+    /// it — made by another base model before the server restarted on this one, or still in
+    /// flight — and stores them, so a model switch does not leave the task untrainable.
+    async fn embed_missing(
+        &self,
+        task: &TaskCtx,
+        data: &mut TaskData,
+        backbone: &Arc<crate::model::Backbone>,
+        encoder_id: &str,
+        progress: &Arc<Progress>,
+    ) -> Result<()> {
+        let missing: Vec<usize> = (0..data.ids.len())
+            .filter(|&i| data.embedding[i].is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        progress.stage("embedding");
+        let mut done = 0;
+        for chunk in missing.chunks(256) {
+            progress.check()?;
+            let ids: Vec<i64> = chunk.iter().map(|&i| data.ids[i]).collect();
+            let texts = self.texts(&ids).await?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let encoded = self
+                .model
+                .tokenizer
+                .tokenize(&refs, crate::model::Overlong::Truncate)?;
+            let vectors = self.model.worker.embed(backbone, encoded).await?;
+            let embeddings: HashMap<i64, Vec<f32>> = ids.iter().copied().zip(vectors).collect();
+            let mut tx = self.store.begin_task_write(task.id).await?;
+            super::publish::write_embeddings(&mut tx, &embeddings, encoder_id).await?;
+            tx.commit().await?;
+            for &i in chunk {
+                data.embedding[i] = embeddings.get(&data.ids[i]).cloned();
+            }
+            done += chunk.len();
+            progress.set(json!({ "done": done, "total": missing.len() }));
+        }
+        tracing::info!(task = %task.name, embedded = done, "embedded examples the job's encoder had not");
+        Ok(())
+    }
+
     pub(super) async fn run_train_job(
         self: &Arc<Self>,
         task: &TaskCtx,
@@ -134,9 +177,11 @@ impl Service {
         mode: JobMode,
     ) -> Result<Finished> {
         let active = self.active_version(task).await?;
-        let (_, encoder_id) = self.task_encoder(task).await?;
+        let (backbone, encoder_id) = self.task_encoder(task).await?;
         progress.stage("loading");
-        let data = self.task_data(task, &encoder_id).await?;
+        let mut data = self.task_data(task, &encoder_id).await?;
+        self.embed_missing(task, &mut data, &backbone, &encoder_id, progress)
+            .await?;
         let mut train_cfg = task.settings.train.clone();
         train_cfg.seed = train_cfg.seed.wrapping_add(job.id as u64);
         let weak = self
