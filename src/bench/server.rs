@@ -45,8 +45,8 @@ impl Server {
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }
-        if let Some(pooling) = pooling {
-            cmd.env("SW2S_DECODER_POOLING", pooling.as_str().replace('_', "-"));
+        if let Some(value) = pooling.and_then(|p| clap::ValueEnum::to_possible_value(&p)) {
+            cmd.arg("--decoder-pooling").arg(value.get_name());
         }
         let child = cmd.spawn().context("starting sw2s serve")?;
         let server = Self {

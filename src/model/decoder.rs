@@ -83,11 +83,18 @@ pub fn read_header(path: &Path) -> anyhow::Result<GgufHeader> {
     })
 }
 
-fn md_u32(ct: &Content, key: &str) -> anyhow::Result<usize> {
+pub(super) fn md_u32(ct: &Content, key: &str) -> anyhow::Result<usize> {
     ct.metadata
         .get(key)
         .and_then(|v| v.to_u32().ok())
         .map(|v| v as usize)
+        .with_context(|| format!("the GGUF metadata has no {key}"))
+}
+
+pub(super) fn md_f32(ct: &Content, key: &str) -> anyhow::Result<f32> {
+    ct.metadata
+        .get(key)
+        .and_then(|v| v.to_f32().ok())
         .with_context(|| format!("the GGUF metadata has no {key}"))
 }
 
@@ -266,10 +273,7 @@ impl DecoderLm {
                 Weights::Gemma3(m) => m.forward(&input, 0)?,
             };
             for (&i, mut v) in group.iter().zip(hidden.to_vec2::<f32>()?) {
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if norm > 0.0 {
-                    v.iter_mut().for_each(|x| *x /= norm);
-                }
+                super::fast_math::unit_length(&mut v);
                 out[i] = Some(v);
             }
         }

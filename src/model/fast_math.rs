@@ -145,6 +145,13 @@ pub fn layer_norm_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     }
 }
 
+/// Scales `v` to unit L2 length in place; a zero vector stays zero (the norm is floored at
+/// 1e-12, as candle's pooling clamps it).
+pub fn unit_length(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
 /// Softmax of one row in place (max-shifted).
 pub fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

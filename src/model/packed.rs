@@ -271,18 +271,7 @@ impl PackedBert {
     /// Mean-pooled, L2-normalised embeddings, one per text, in input order.
     pub fn embed(&self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>> {
         let h = self.hidden;
-        let mut starts = Vec::with_capacity(batch.len() + 1);
-        starts.push(0usize);
-        for e in batch {
-            if e.len() + self.position_offset > self.positions {
-                candle_core::bail!(
-                    "a text of {} tokens is longer than the model's {} positions",
-                    e.len(),
-                    self.positions - self.position_offset
-                );
-            }
-            starts.push(starts[starts.len() - 1] + e.len());
-        }
+        let starts = text_starts(batch, self.positions - self.position_offset)?;
         let total = starts[batch.len()];
         let longest = batch.iter().map(|e| e.len()).max().unwrap_or(0);
         // MPNet: the bucket of every relative position this batch has, computed once.
@@ -320,8 +309,7 @@ impl PackedBert {
                 }
                 let n = (w[1] - w[0]).max(1) as f32;
                 mean.iter_mut().for_each(|m| *m /= n);
-                let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                mean.iter_mut().for_each(|m| *m /= norm);
+                fast_math::unit_length(&mut mean);
                 mean
             })
             .collect())
@@ -423,6 +411,23 @@ impl PackedBert {
             };
         });
     }
+}
+
+/// Where each text of a packed batch starts among its rows, and one past the last text's
+/// end; a text over `limit` tokens (the positions the model has) is an error.
+pub(super) fn text_starts(batch: &[&Encoded], limit: usize) -> Result<Vec<usize>> {
+    let mut starts = Vec::with_capacity(batch.len() + 1);
+    starts.push(0usize);
+    for e in batch {
+        if e.len() > limit {
+            candle_core::bail!(
+                "a text of {} tokens is longer than the model's {limit} positions",
+                e.len()
+            );
+        }
+        starts.push(starts[starts.len() - 1] + e.len());
+    }
+    Ok(starts)
 }
 
 /// `scores` (lq × lk) = scale · Q · Kᵀ for one head: Q's rows at `q` and K's at `k`, each `d`

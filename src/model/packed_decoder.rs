@@ -14,9 +14,10 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Result};
 use rayon::prelude::*;
 
+use super::decoder::{md_f32, md_u32};
 use super::encoder::Encoded;
 use super::fast_math;
-use super::packed::{scores_qk, weighted_values, Dense, SharedOut};
+use super::packed::{scores_qk, text_starts, weighted_values, Dense, SharedOut};
 
 /// How a decoder's per-token hidden states become one feature vector.
 #[derive(
@@ -143,12 +144,6 @@ pub struct PackedDecoder {
     bos: Option<u32>,
 }
 
-fn md<'a>(ct: &'a Content, key: &str) -> Result<&'a candle_core::quantized::gguf_file::Value> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| candle_core::Error::Msg(format!("the GGUF metadata has no {key}")))
-}
-
 /// One RMS norm per row of `x` (rows of `weight.len()`), in parallel.
 fn rms_rows(x: &mut [f32], weight: &[f32], eps: f32) {
     let h = weight.len();
@@ -162,25 +157,28 @@ fn rms_rows(x: &mut [f32], weight: &[f32], eps: f32) {
 impl PackedDecoder {
     /// Reads (and dequantizes) every weight of a `llama` or `gemma3` GGUF file whose bytes
     /// are `bytes`; texts may be up to `positions` tokens long.
-    pub fn from_gguf(ct: &Content, bytes: &[u8], arch: &str, positions: usize) -> Result<Self> {
-        let tensor = |name: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+    pub fn from_gguf(
+        ct: &Content,
+        bytes: &[u8],
+        arch: &str,
+        positions: usize,
+    ) -> anyhow::Result<Self> {
+        let tensor = |name: &str| -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
             let mut reader = std::io::Cursor::new(bytes);
             let q = ct.tensor(&mut reader, name, &Device::Cpu)?;
             let t = q.dequantize(&Device::Cpu)?;
             let dims = t.dims().to_vec();
             Ok((t.flatten_all()?.to_vec1::<f32>()?, dims))
         };
-        let u = |key: &str| -> Result<usize> {
-            Ok(md(ct, &format!("{arch}.{key}"))?.to_u32()? as usize)
-        };
-        let f = |key: &str| -> Result<f32> { md(ct, &format!("{arch}.{key}"))?.to_f32() };
+        let u = |key: &str| md_u32(ct, &format!("{arch}.{key}"));
+        let f = |key: &str| md_f32(ct, &format!("{arch}.{key}"));
         let kind = match arch {
             "llama" => Arch::Llama,
             "gemma3" => Arch::Gemma3,
-            other => candle_core::bail!("GGUF architecture {other:?} has no packed implementation"),
+            other => anyhow::bail!("GGUF architecture {other:?} has no packed implementation"),
         };
         if kind == Arch::Llama && u("expert_count").unwrap_or(0) > 0 {
-            candle_core::bail!("mixture-of-experts Llama models are not supported");
+            anyhow::bail!("mixture-of-experts Llama models are not supported");
         }
         let hidden = u("embedding_length")?;
         let heads = u("attention.head_count")?;
@@ -192,13 +190,13 @@ impl PackedDecoder {
             Arch::Gemma3 => u("attention.key_length")?,
         };
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
-            candle_core::bail!("unsupported attention shape: {heads} heads, {kv_heads} key/value heads of {head_dim}");
+            anyhow::bail!("unsupported attention shape: {heads} heads, {kv_heads} key/value heads of {head_dim}");
         }
         let (ropes, window, every) = match kind {
             Arch::Llama => {
                 let dim = u("rope.dimension_count")?;
                 if dim != head_dim {
-                    candle_core::bail!(
+                    anyhow::bail!(
                         "partial rotary embeddings ({dim} of {head_dim}) are not supported"
                     );
                 }
@@ -226,7 +224,7 @@ impl PackedDecoder {
         let mut layers = Vec::with_capacity(blocks);
         for l in 0..blocks {
             let w = |name: &str| tensor(&format!("blk.{l}.{name}.weight")).map(|t| t.0);
-            let stacked = |names: &[&str]| -> Result<(Vec<f32>, usize)> {
+            let stacked = |names: &[&str]| -> anyhow::Result<(Vec<f32>, usize)> {
                 let mut all = Vec::new();
                 let mut out = 0;
                 for n in names {
@@ -238,7 +236,7 @@ impl PackedDecoder {
             };
             let (qkv, qkv_out) = stacked(&["attn_q", "attn_k", "attn_v"])?;
             if qkv_out != q_out + 2 * kv_out {
-                candle_core::bail!("layer {l}: Q/K/V shapes do not match the metadata");
+                anyhow::bail!("layer {l}: Q/K/V shapes do not match the metadata");
             }
             let (gate_up, gu_out) = stacked(&["ffn_gate", "ffn_up"])?;
             let (down, down_dims) = tensor(&format!("blk.{l}.ffn_down.weight"))?;
@@ -289,19 +287,10 @@ impl PackedDecoder {
     /// One feature vector per text, L2-normalised, in input order.
     pub fn embed(&self, batch: &[&Encoded], pooling: DecoderPooling) -> Result<Vec<Vec<f32>>> {
         let h = self.hidden;
-        let mut starts = Vec::with_capacity(batch.len() + 1);
-        starts.push(0usize);
-        for e in batch {
-            if e.len() > self.positions {
-                candle_core::bail!(
-                    "a text of {} tokens is longer than the {} this model was loaded for",
-                    e.len(),
-                    self.positions
-                );
-            }
-            starts.push(starts[starts.len() - 1] + e.len());
-        }
+        let starts = text_starts(batch, self.positions)?;
         let total = starts[batch.len()];
+        // Each token's position in its own text (RoPE), the same in every layer.
+        let positions: Vec<usize> = starts.windows(2).flat_map(|w| 0..w[1] - w[0]).collect();
         let mut x = vec![0f32; total * h];
         for (row, &id) in x.chunks_mut(h).zip(batch.iter().flat_map(|e| e.ids.iter())) {
             let id = id as usize;
@@ -324,7 +313,7 @@ impl PackedDecoder {
             normed.copy_from_slice(&x);
             rms_rows(&mut normed, &layer.attn_norm, self.eps);
             layer.qkv.forward_into(&normed, None, &mut qkv);
-            self.position_qk(layer, &mut qkv, &starts);
+            self.position_qk(layer, &mut qkv, &positions);
             self.attention(layer, &qkv, &starts, &mut ctx);
             self.residual(
                 &layer.wo,
@@ -362,7 +351,6 @@ impl PackedDecoder {
             .map(|(w, e)| {
                 let rows = &x[w[0] * h..w[1] * h];
                 let mut out = vec![0f32; h];
-                let skip = usize::from(e.len() > 1 && self.bos.is_some_and(|b| e.ids[0] == b));
                 match pooling {
                     _ if rows.is_empty() => return out,
                     DecoderPooling::LastToken => {
@@ -370,6 +358,8 @@ impl PackedDecoder {
                         fast_math::rms_norm_row(&mut out, &self.final_norm, self.eps);
                     }
                     DecoderPooling::Mean => {
+                        let skip =
+                            usize::from(e.len() > 1 && self.bos.is_some_and(|b| e.ids[0] == b));
                         let mut row = vec![0f32; h];
                         for r in rows.chunks(h).skip(skip) {
                             row.copy_from_slice(r);
@@ -378,10 +368,7 @@ impl PackedDecoder {
                         }
                     }
                 }
-                let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if norm > 0.0 {
-                    out.iter_mut().for_each(|v| *v /= norm);
-                }
+                fast_math::unit_length(&mut out);
                 out
             })
             .collect())
@@ -414,12 +401,11 @@ impl PackedDecoder {
 
     /// Per token: Gemma 3's RMS norms of each Q and K head, then the rotary embedding of Q and
     /// K at the token's position in its text.
-    fn position_qk(&self, layer: &Layer, qkv: &mut [f32], starts: &[usize]) {
+    fn position_qk(&self, layer: &Layer, qkv: &mut [f32], positions: &[usize]) {
         let d = self.head_dim;
         let width = (self.heads + 2 * self.kv_heads) * d;
         let rope = &self.ropes[layer.rope];
         let qk_heads = self.heads + self.kv_heads;
-        let positions: Vec<usize> = starts.windows(2).flat_map(|w| 0..w[1] - w[0]).collect();
         qkv.par_chunks_mut(width)
             .zip(positions.par_iter())
             .for_each(|(row, &pos)| {
@@ -514,6 +500,14 @@ mod tests {
         }
     }
 
+    /// A random model of `arch` written to a temporary directory (kept alive by the guard).
+    fn tiny_file(arch: &str, seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        write_tiny_gguf(&path, arch, seed).unwrap();
+        (dir, path)
+    }
+
     fn load(path: &std::path::Path, pooling: DecoderPooling, limit: usize) -> DecoderLm {
         let header = read_header(path).unwrap();
         DecoderLm::load_within(path, header, &Device::Cpu, pooling, limit).unwrap()
@@ -528,9 +522,7 @@ mod tests {
     /// The packed path against candle-transformers' model code (the candle path is forced by
     /// a dequantization limit of 0), one batch of mixed lengths, at 1 and 3 threads.
     fn same_as_candle(arch: &str) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        write_tiny_gguf(&path, arch, 7).unwrap();
+        let (_dir, path) = tiny_file(arch, 7);
         let packed = load(&path, DecoderPooling::LastToken, usize::MAX);
         let candle = load(&path, DecoderPooling::LastToken, 0);
         assert!(packed.dequantized && !candle.dequantized);
@@ -576,9 +568,7 @@ mod tests {
 
     #[test]
     fn mean_pooling_leaves_out_bos_and_the_candle_path_refuses_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        write_tiny_gguf(&path, "llama", 3).unwrap();
+        let (_dir, path) = tiny_file("llama", 3);
         let last = load(&path, DecoderPooling::LastToken, usize::MAX);
         let mean = load(&path, DecoderPooling::Mean, usize::MAX);
         let texts = [text(&[1, 9]), text(&[4, 9]), text(&[1, 6, 9, 14])];
@@ -601,9 +591,7 @@ mod tests {
 
     #[test]
     fn packed_decoder_rejects_ids_outside_the_vocabulary_and_overlong_texts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        write_tiny_gguf(&path, "gemma3", 1).unwrap();
+        let (_dir, path) = tiny_file("gemma3", 1);
         let lm = load(&path, DecoderPooling::LastToken, usize::MAX);
         assert!(lm.embed(&[&text(&[1, 40])], &Device::Cpu).is_err());
         let long: Vec<u32> = (0..65).map(|i| i % 40).collect();

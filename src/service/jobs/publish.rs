@@ -116,6 +116,19 @@ impl Service {
     }
 
     /// Embeds every example of the task with `model`, with progress.
+    /// Stored texts through `model` on the model thread (cut to its length, as at ingest).
+    pub(super) async fn embed_stored(
+        &self,
+        model: &Arc<crate::model::Backbone>,
+        texts: &[&str],
+    ) -> Result<Vec<Vec<f32>>> {
+        let encoded = self
+            .model
+            .tokenizer
+            .tokenize(texts, crate::model::Overlong::Truncate)?;
+        Ok(self.model.worker.embed(model, encoded).await?)
+    }
+
     pub(super) async fn embed_task(
         &self,
         task: &TaskCtx,
@@ -136,11 +149,7 @@ impl Service {
         while let Some(rows) = pages.try_next().await? {
             progress.check()?;
             let refs: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-            let encoded = self
-                .model
-                .tokenizer
-                .tokenize(&refs, crate::model::Overlong::Truncate)?;
-            let vectors = self.model.worker.embed(model, encoded).await?;
+            let vectors = self.embed_stored(model, &refs).await?;
             out.extend(rows.iter().map(|r| r.id).zip(vectors));
             progress.set(json!({ "done": out.len(), "total": total }));
         }
