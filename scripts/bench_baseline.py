@@ -95,12 +95,13 @@ class Finetune:
 
 def main():
     model_dir, texts_file = sys.argv[1], sys.argv[2]
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
     with open(texts_file) as f:
         data = json.load(f)
     texts, labels = data["texts"], data.get("labels") or [i % 2 for i in range(len(data["texts"]))]
     from sentence_transformers import SentenceTransformer
 
-    encoder = SentenceTransformer(model_dir, device="cpu")
+    encoder = SentenceTransformer(model_dir, device=device)
     finetune = None
     print(json.dumps({"ready": True, "torch": torch.__version__}), flush=True)
     for line in sys.stdin:

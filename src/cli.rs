@@ -86,6 +86,10 @@ pub struct ModelArgs {
     /// configuration says.
     #[arg(long, env = "SW2S_DECODER_POOLING", value_enum)]
     pub decoder_pooling: Option<crate::model::DecoderPooling>,
+    /// Where the strong model runs: `cpu`, or `cuda` / `cuda:N` in a build made with
+    /// `--features cuda`. Training (heads, `full` jobs) stays on the CPU.
+    #[arg(long, env = "SW2S_DEVICE", default_value_t = crate::model::ComputeDevice::Cpu)]
+    pub device: crate::model::ComputeDevice,
 }
 
 impl ModelArgs {
@@ -98,10 +102,12 @@ impl ModelArgs {
         )
     }
 
-    /// Resolves (fetching if needed) and loads the encoder, with the pooling asked for.
+    /// Resolves (fetching if needed) and loads the encoder, with the pooling asked for, on
+    /// the device asked for.
     pub fn load_encoder(&self) -> anyhow::Result<(PathBuf, crate::model::Encoder)> {
+        let device = self.device.open()?;
         let dir = self.resolve()?;
-        let encoder = crate::model::Encoder::load_pooled(&dir, self.decoder_pooling)
+        let encoder = crate::model::Encoder::load_on(&dir, self.decoder_pooling, &device)
             .with_context(|| format!("loading the model from {}", dir.display()))?;
         Ok((dir, encoder))
     }

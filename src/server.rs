@@ -41,6 +41,8 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             args.addr
         );
     }
+    // A device that cannot be opened fails the start before anything is fetched or migrated.
+    let device = args.model.device.open()?;
     let data_dir = args.model.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -61,10 +63,11 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     };
     let overlong = args.model.on_overlong;
     let pooling = args.model.decoder_pooling;
-    let model =
-        tokio::task::spawn_blocking(move || Model::load(&model_dir, batch, overlong, pooling))
-            .await??;
-    tracing::info!(model = %model.info.model_id, dims = model.info.dims, max_length = model.info.max_length, "model loaded");
+    let model = tokio::task::spawn_blocking(move || {
+        Model::load(&model_dir, batch, overlong, pooling, &device)
+    })
+    .await??;
+    tracing::info!(model = %model.info.model_id, dims = model.info.dims, max_length = model.info.max_length, device = %crate::model::device::name(&model.device), "model loaded");
     let limits = Limits {
         max_batch_examples: args.max_batch_examples.max(1),
         max_text_chars: args.max_text_chars.max(1),

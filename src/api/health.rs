@@ -69,6 +69,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, Error> {
 pub struct Info {
     pub version: String,
     pub model: ModelInfo,
+    /// Where the strong model runs: `cpu` or `cuda:N`.
+    pub device: String,
     pub database: String,
     pub max_batch_examples: usize,
     pub max_text_chars: usize,
@@ -87,6 +89,7 @@ pub async fn info(State(state): State<AppState>) -> Response {
     ok(Info {
         version: env!("CARGO_PKG_VERSION").into(),
         model: s.model.info.clone(),
+        device: crate::model::device::name(&s.model.device),
         database: s.store.backend().name().into(),
         max_batch_examples: s.limits.max_batch_examples,
         max_text_chars: s.limits.max_text_chars,

@@ -67,12 +67,13 @@ pub struct Baseline {
 
 impl Baseline {
     /// Starts the PyTorch process on `model_dir` (a sentence-transformers directory) with
-    /// these texts (and labels, for fine-tuning).
+    /// these texts (and labels, for fine-tuning), embedding on `device` (`cpu`, `cuda:N`).
     pub fn start(
         venv: &Path,
         model_dir: &Path,
         texts: &[&str],
         labels: &[usize],
+        device: &str,
     ) -> anyhow::Result<Self> {
         let python = ensure_venv(venv)?;
         let files = tempfile::tempdir()?;
@@ -87,6 +88,7 @@ impl Baseline {
             .arg(&script)
             .arg(model_dir)
             .arg(&data)
+            .arg(device)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -32,7 +32,9 @@ pub fn run(args: EmbedBench) -> anyhow::Result<()> {
     // sentence-transformers reference; decoder LMs have neither here
     // (scripts/bench_decoder_pytorch.py measures them).
     let bert_family = dir.join("config.json").is_file() && encoder.info.trainable();
-    let candle = if bert_family && !args.no_padded {
+    let on_cpu = encoder.device.is_cpu();
+    // On a GPU the served path is candle's padded one already.
+    let candle = if bert_family && on_cpu && !args.no_padded {
         Some(load_bert(
             &read_config(&dir)?,
             &dir.join("model.safetensors"),
@@ -48,6 +50,7 @@ pub fn run(args: EmbedBench) -> anyhow::Result<()> {
             &dir,
             &texts,
             &[],
+            &crate::model::device::name(&encoder.device),
         )?)
     } else {
         None
@@ -64,6 +67,9 @@ pub fn run(args: EmbedBench) -> anyhow::Result<()> {
         args.repeats,
         baseline.as_ref().map(|b| b.torch.as_str()).unwrap_or("not run"),
     );
+    if !on_cpu {
+        parity_with_cpu(&args, &dir, &encoder, &texts)?;
+    }
     println!();
     println!("In process (sorted by length; candle padded = the path before the packed one):");
     println!(
@@ -82,9 +88,7 @@ pub fn run(args: EmbedBench) -> anyhow::Result<()> {
                     })??);
                 }
                 ours.push(with_threads(threads, || {
-                    run_sorted(&encoder, &texts, batch, |b| {
-                        encoder.backbone.embed(b, &encoder.device)
-                    })
+                    run_sorted(&encoder, &texts, batch, |b| encoder.backbone.embed(b))
                 })??);
                 if let Some(b) = baseline.as_mut() {
                     theirs.push(b.rate(
@@ -109,6 +113,48 @@ pub fn run(args: EmbedBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// On a GPU: the features against the CPU path's for the same texts (the GPU runs candle's
+/// kernels, the CPU sw2s's own or candle's CPU ones), as the lowest cosine.
+fn parity_with_cpu(
+    args: &EmbedBench,
+    dir: &Path,
+    encoder: &Encoder,
+    texts: &[&str],
+) -> anyhow::Result<()> {
+    let cpu = Encoder::load_on(dir, args.model.decoder_pooling, &candle_core::Device::Cpu)?;
+    let encoded = encoder.tokenizer.tokenize(texts, Overlong::Truncate)?;
+    let (mut worst, mut worst_at) = (f64::INFINITY, 0);
+    for (n, chunk) in encoded.chunks(32).enumerate() {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let here = encoder.backbone.embed(&refs)?;
+        let there = cpu.backbone.embed(&refs)?;
+        for (i, (a, b)) in here.iter().zip(&there).enumerate() {
+            let c = cosine(a, b);
+            if c < worst {
+                (worst, worst_at) = (c, n * 32 + i);
+            }
+        }
+    }
+    println!(
+        "parity with the CPU path ({} on {}, the CPU on {}): lowest cosine {worst:.6} (text {worst_at}) over {} texts",
+        encoder.info.model_id,
+        crate::model::device::name(&encoder.device),
+        cpu.info.dtype,
+        texts.len()
+    );
+    Ok(())
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| *p as f64 * *q as f64)
+            .sum::<f64>()
+    };
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(1e-12)
+}
+
 /// The server path: a fresh server per thread count, requests of `batch` texts in input
 /// order, one at a time.
 fn http(
@@ -127,12 +173,7 @@ fn http(
     println!("| threads | batch | sw2s in process, same groups | sw2s via /v1/embed | PyTorch, same groups | HTTP / PyTorch |");
     println!("|---|---|---|---|---|---|");
     for &threads in &args.thread_counts {
-        let server = runtime.block_on(Server::start(
-            dir,
-            threads,
-            args.model.decoder_pooling,
-            None,
-        ))?;
+        let server = runtime.block_on(Server::start(dir, threads, &args.model, None))?;
         for &batch in &args.batch_sizes {
             let (mut inproc, mut remote, mut theirs) = (vec![], vec![], vec![]);
             for _ in 0..args.repeats {
@@ -197,7 +238,7 @@ pub(super) fn run_groups(encoder: &Encoder, texts: &[&str], batch: usize) -> any
     for group in texts.chunks(batch) {
         let encoded = encoder.tokenizer.tokenize(group, Overlong::Truncate)?;
         let refs: Vec<&Encoded> = encoded.iter().collect();
-        encoder.backbone.embed(&refs, &encoder.device)?;
+        encoder.backbone.embed(&refs)?;
     }
     Ok(texts.len() as f64 / started.elapsed().as_secs_f64())
 }

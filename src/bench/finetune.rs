@@ -59,6 +59,7 @@ pub fn run(args: FinetuneBench) -> anyhow::Result<()> {
             &dir,
             &texts,
             &labels,
+            "cpu",
         )?)
     };
     println!(
@@ -75,13 +76,15 @@ pub fn run(args: FinetuneBench) -> anyhow::Result<()> {
     println!("| threads | sw2s examples/s | sw2s tokens/s | PyTorch examples/s | PyTorch tokens/s | sw2s / PyTorch |");
     println!("|---|---|---|---|---|---|");
     let weights = dir.join("model.safetensors");
+    // Fine-tuning runs on the CPU whatever --device says (its backward passes are CPU code).
+    let device = candle_core::Device::Cpu;
     for &threads in &args.thread_counts {
         let (mut ours, mut our_tokens, mut theirs, mut their_tokens) =
             (vec![], vec![], vec![], vec![]);
         for _ in 0..args.repeats {
-            let model = TrainableBert::load(&config, &weights, &encoder.device)?;
+            let model = TrainableBert::load(&config, &weights, &device)?;
             let (rate, tokens) = with_threads(threads, || {
-                measure(&model, &items, config.hidden_size, &args, &encoder.device)
+                measure(&model, &items, config.hidden_size, &args, &device)
             })??;
             ours.push(rate);
             our_tokens.push(tokens);

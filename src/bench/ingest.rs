@@ -42,12 +42,7 @@ pub fn run(args: IngestBench) -> anyhow::Result<()> {
         .as_ref()
         .map(|(url, _)| url.clone())
         .or(args.database_url.clone());
-    let server = runtime.block_on(Server::start(
-        &dir,
-        threads,
-        args.model.decoder_pooling,
-        url.as_deref(),
-    ))?;
+    let server = runtime.block_on(Server::start(&dir, threads, &args.model, url.as_deref()))?;
     println!(
         "ingest benchmark: {} examples from {} with one weak label each, requests of {}, {} client(s), {backend}, {} model thread(s), model {}, {} alternating run(s) (a fresh task each), median",
         texts.len(),

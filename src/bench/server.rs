@@ -21,7 +21,7 @@ impl Server {
     pub async fn start(
         model_dir: &Path,
         threads: usize,
-        pooling: Option<crate::model::DecoderPooling>,
+        model: &crate::cli::ModelArgs,
         database_url: Option<&str>,
     ) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
@@ -45,9 +45,13 @@ impl Server {
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }
-        if let Some(value) = pooling.and_then(|p| clap::ValueEnum::to_possible_value(&p)) {
+        if let Some(value) = model
+            .decoder_pooling
+            .and_then(|p| clap::ValueEnum::to_possible_value(&p))
+        {
             cmd.arg("--decoder-pooling").arg(value.get_name());
         }
+        cmd.arg("--device").arg(model.device.to_string());
         let child = cmd.spawn().context("starting sw2s serve")?;
         let server = Self {
             child,

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use candle_core::Device;
 use indicatif::ProgressBar;
 
 use crate::model::encoder::Encoded;
@@ -50,7 +49,7 @@ pub fn cached_embeddings(
     });
     for chunk in order.chunks(32) {
         let batch: Vec<&Encoded> = chunk.iter().map(|&i| &tokenized[i]).collect();
-        let vectors = model.embed(&batch, &Device::Cpu)?;
+        let vectors = model.embed(&batch)?;
         for (&i, v) in chunk.iter().zip(vectors) {
             out[i] = v;
         }

@@ -175,14 +175,15 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
             &progress,
             || {
                 let config = read_config(&model_dir)?;
+                let device = candle_core::Device::Cpu;
                 let bert = crate::model::encoder::load_bert(
                     &config,
                     &model_dir.join("model.safetensors"),
                     Some(n),
-                    &candle_core::Device::Cpu,
+                    &device,
                 )?;
                 Ok(std::sync::Arc::new(crate::model::Backbone::from_bert(
-                    &bert,
+                    bert, &device,
                 )?))
             },
         )?),

@@ -58,6 +58,7 @@ pub struct CtEncoder {
     pub hidden: usize,
     pub layers: usize,
     pub pooling: Pooling,
+    device: Device,
 }
 
 fn usize_of(config: &Value, keys: &[&str]) -> anyhow::Result<usize> {
@@ -162,14 +163,15 @@ impl CtEncoder {
             hidden,
             layers,
             pooling: Pooling::of_dir(dir),
+            device: device.clone(),
         })
     }
 
-    pub fn embed(&self, batch: &[&Encoded], device: &Device) -> candle_core::Result<Vec<Vec<f32>>> {
+    pub fn embed(&self, batch: &[&Encoded]) -> candle_core::Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(vec![]);
         }
-        let (ids, types, mask) = batch_tensors(batch, device)?;
+        let (ids, types, mask) = batch_tensors(batch, &self.device)?;
         let states = match &self.model {
             Model::DistilBert(m) => {
                 // candle's DistilBERT masks where the mask is non-zero: mark the padding.

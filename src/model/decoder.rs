@@ -58,6 +58,7 @@ pub struct DecoderLm {
     /// Whether the weights were dequantized to F32 at load (see the module comment).
     pub dequantized: bool,
     pub pooling: DecoderPooling,
+    device: Device,
 }
 
 /// What the GGUF header says, read without loading the weights.
@@ -124,14 +125,21 @@ fn file_type_name(code: Option<u32>) -> String {
 }
 
 impl DecoderLm {
-    /// Loads the model from `path`, whose header `read_header` has read.
+    /// Loads the model from `path`, whose header `read_header` has read, onto `device`: small
+    /// models on the CPU are dequantized (see the module comment); on a GPU every model runs
+    /// quantized on candle-transformers' code, whose CUDA kernels are fast.
     pub fn load(
         path: &Path,
         header: GgufHeader,
         device: &Device,
         pooling: DecoderPooling,
     ) -> anyhow::Result<Self> {
-        Self::load_within(path, header, device, pooling, DEQUANTIZE_LIMIT_BYTES)
+        let limit = if device.is_cpu() {
+            DEQUANTIZE_LIMIT_BYTES
+        } else {
+            0
+        };
+        Self::load_within(path, header, device, pooling, limit)
     }
 
     /// `load` with the dequantization limit given (tests force the candle path with 0).
@@ -179,12 +187,14 @@ impl DecoderLm {
         } else {
             if pooling != DecoderPooling::LastToken {
                 bail!(
-                    "{}: {} pooling needs the model in F32 ({} MiB, over the {} MiB this \
-                     build dequantizes); the quantized path pools by the last token only",
+                    "{}: {} pooling needs the model dequantized to F32 on the CPU (up to {} \
+                     MiB; this one takes {} MiB, on {}); the quantized path pools by the last \
+                     token only",
                     path.display(),
                     pooling.as_str(),
+                    DEQUANTIZE_LIMIT_BYTES >> 20,
                     f32_bytes >> 20,
-                    dequantize_limit >> 20
+                    super::device::name(device)
                 );
             }
             // The identity output head goes after the file's data (see the module comment).
@@ -230,14 +240,17 @@ impl DecoderLm {
             quantisation,
             dequantized,
             pooling,
+            device: device.clone(),
         })
     }
 
     /// One feature vector per text (its pooled final hidden states), in input order.
-    pub fn embed(&self, batch: &[&Encoded], device: &Device) -> candle_core::Result<Vec<Vec<f32>>> {
+    pub fn embed(&self, batch: &[&Encoded]) -> candle_core::Result<Vec<Vec<f32>>> {
         match &self.runner {
             Runner::Packed(model) => model.embed(batch, self.pooling),
-            Runner::Candle(weights) => Self::embed_candle(weights, self.hidden, batch, device),
+            Runner::Candle(weights) => {
+                Self::embed_candle(weights, self.hidden, batch, &self.device)
+            }
         }
     }
 

@@ -315,9 +315,19 @@ impl Encoder {
     /// `load`, with a decoder LM's pooling chosen (`None`: its default, the last token).
     /// Encoders pool as their own configuration says, so a pooling given for one is refused.
     pub fn load_pooled(path: &Path, pooling: Option<DecoderPooling>) -> anyhow::Result<Self> {
+        Self::load_on(path, pooling, &Device::Cpu)
+    }
+
+    /// `load_pooled` onto `device` (see `device.rs` for what runs where).
+    pub fn load_on(
+        path: &Path,
+        pooling: Option<DecoderPooling>,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let device = device.clone();
         match (gguf_file(path)?, pooling) {
-            (Some(file), pooling) => Self::load_decoder(&file, pooling.unwrap_or_default()),
-            (None, None) => Self::load_bert_dir(path),
+            (Some(file), pooling) => Self::load_decoder(&file, pooling.unwrap_or_default(), device),
+            (None, None) => Self::load_bert_dir(path, device),
             (None, Some(p)) => bail!(
                 "--decoder-pooling {} applies to decoder LMs (.gguf); {} is an encoder, pooled \
                  as its sentence-transformers configuration says",
@@ -327,8 +337,7 @@ impl Encoder {
         }
     }
 
-    fn load_decoder(file: &Path, pooling: DecoderPooling) -> anyhow::Result<Self> {
-        let device = Device::Cpu;
+    fn load_decoder(file: &Path, pooling: DecoderPooling, device: Device) -> anyhow::Result<Self> {
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let header = super::decoder::read_header(file)?;
         // The tokenizer reads the header's metadata before the model takes the header over.
@@ -408,7 +417,7 @@ impl Encoder {
         })
     }
 
-    fn load_bert_dir(dir: &Path) -> anyhow::Result<Self> {
+    fn load_bert_dir(dir: &Path, device: Device) -> anyhow::Result<Self> {
         for file in ["config.json", "model.safetensors", "tokenizer.json"] {
             if !dir.join(file).is_file() {
                 bail!(
@@ -418,7 +427,6 @@ impl Encoder {
                 );
             }
         }
-        let device = Device::Cpu;
         let raw: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join("config.json"))
                 .with_context(|| format!("reading {}", dir.join("config.json").display()))?,
@@ -437,19 +445,20 @@ impl Encoder {
         let weights = dir.join("model.safetensors");
         let sha256 = crate::fsio::sha256_file(&weights)?;
         let bert = load_bert(&config, &weights, None, &device)?;
+        let layers = bert.num_layers();
         Ok(Self {
             info: ModelInfo {
                 model_id: model_id(dir, dir),
                 dims: config.hidden_size,
                 max_length,
                 sha256,
-                layers: bert.num_layers(),
+                layers,
                 family: config.model_type.clone().unwrap_or_else(default_family),
                 pooling: default_pooling(),
                 dtype: default_dtype(),
                 jobs: default_jobs(),
             },
-            backbone: Arc::new(Backbone::from_bert(&bert)?),
+            backbone: Arc::new(Backbone::from_bert(bert, &device)?),
             tokenizer: Arc::new(tokenizer),
             dir: dir.to_path_buf(),
             device,

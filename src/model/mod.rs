@@ -9,6 +9,7 @@ pub mod bert;
 pub mod catalogue;
 pub mod ct_encoder;
 pub mod decoder;
+pub mod device;
 pub mod encoder;
 pub mod fast_math;
 pub mod fetch;
@@ -23,6 +24,7 @@ pub mod vendored;
 pub mod worker;
 
 pub use backbone::Backbone;
+pub use device::ComputeDevice;
 pub use encoder::{Encoded, Encoder, ModelInfo, Overlong, TextTokenizer};
 pub use packed_decoder::DecoderPooling;
 pub use worker::{BatchConfig, ModelWorker, WorkerError};

@@ -536,22 +536,22 @@ mod tests {
             text(&[1, 2, 3, 4, 5]),
         ];
         let refs: Vec<&Encoded> = texts.iter().collect();
-        let want = candle.embed(&refs, &Device::Cpu).unwrap();
+        let want = candle.embed(&refs).unwrap();
         for threads in [1, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let got = pool.install(|| packed.embed(&refs, &Device::Cpu)).unwrap();
+            let got = pool.install(|| packed.embed(&refs)).unwrap();
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 close(g, w, &format!("{arch}, text {i}, {threads} threads"));
             }
         }
         // Each text alone gives what it gave in the batch.
-        let batch = packed.embed(&refs, &Device::Cpu).unwrap();
+        let batch = packed.embed(&refs).unwrap();
         for (i, r) in refs.iter().enumerate() {
-            let one = packed.embed(&[r], &Device::Cpu).unwrap();
+            let one = packed.embed(&[r]).unwrap();
             close(&one[0], &batch[i], &format!("{arch}, text {i} alone"));
         }
     }
@@ -573,8 +573,8 @@ mod tests {
         let mean = load(&path, DecoderPooling::Mean, usize::MAX);
         let texts = [text(&[1, 9]), text(&[4, 9]), text(&[1, 6, 9, 14])];
         let refs: Vec<&Encoded> = texts.iter().collect();
-        let l = last.embed(&refs, &Device::Cpu).unwrap();
-        let m = mean.embed(&refs, &Device::Cpu).unwrap();
+        let l = last.embed(&refs).unwrap();
+        let m = mean.embed(&refs).unwrap();
         // BOS + one token: the mean is that token's state, which is also the last.
         close(&m[0], &l[0], "bos + 1 token");
         // Without BOS both tokens count, so the mean differs from the last token.
@@ -593,9 +593,9 @@ mod tests {
     fn packed_decoder_rejects_ids_outside_the_vocabulary_and_overlong_texts() {
         let (_dir, path) = tiny_file("gemma3", 1);
         let lm = load(&path, DecoderPooling::LastToken, usize::MAX);
-        assert!(lm.embed(&[&text(&[1, 40])], &Device::Cpu).is_err());
+        assert!(lm.embed(&[&text(&[1, 40])]).is_err());
         let long: Vec<u32> = (0..65).map(|i| i % 40).collect();
-        assert!(lm.embed(&[&text(&long)], &Device::Cpu).is_err());
-        assert!(lm.embed(&[], &Device::Cpu).unwrap().is_empty());
+        assert!(lm.embed(&[&text(&long)]).is_err());
+        assert!(lm.embed(&[]).unwrap().is_empty());
     }
 }

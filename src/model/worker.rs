@@ -8,7 +8,6 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::backbone::Backbone;
@@ -62,11 +61,11 @@ pub struct ModelWorker {
 }
 
 impl ModelWorker {
-    pub fn start(device: Device, config: BatchConfig) -> anyhow::Result<Self> {
+    pub fn start(config: BatchConfig) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sw2s-model".into())
-            .spawn(move || run(rx, device, config))?;
+            .spawn(move || run(rx, config))?;
         Ok(Self {
             tx,
             permits: Arc::new(Semaphore::new(config.max_queue_texts)),
@@ -155,7 +154,7 @@ impl ModelWorker {
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, device: Device, config: BatchConfig) {
+fn run(rx: mpsc::Receiver<Job>, config: BatchConfig) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while let Ok(job) = rx.try_recv() {
@@ -168,7 +167,7 @@ fn run(rx: mpsc::Receiver<Job>, device: Device, config: BatchConfig) {
                 .into_iter()
                 .partition(|j| Arc::ptr_eq(&j.model, &model));
             jobs = rest;
-            run_group(&model, same, &device, &config);
+            run_group(&model, same, &config);
         }
     }
     tracing::info!("model worker stopped");
@@ -180,7 +179,7 @@ fn abandoned(job: &Job) -> bool {
     job.reply.is_closed()
 }
 
-fn run_group(model: &Backbone, mut jobs: Vec<Job>, device: &Device, config: &BatchConfig) {
+fn run_group(model: &Backbone, mut jobs: Vec<Job>, config: &BatchConfig) {
     let before = jobs.len();
     jobs.retain(|j| !abandoned(j));
     if jobs.len() < before {
@@ -208,7 +207,7 @@ fn run_group(model: &Backbone, mut jobs: Vec<Job>, device: &Device, config: &Bat
         }
         let items: Vec<&Encoded> = batch.iter().map(|&(j, i)| &jobs[j].items[i]).collect();
         let started = Instant::now();
-        match model.embed(&items, device) {
+        match model.embed(&items) {
             Ok(vectors) => {
                 for (&(j, i), v) in batch.iter().zip(vectors) {
                     results[j][i] = Some(v);

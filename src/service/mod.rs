@@ -61,6 +61,8 @@ pub struct Model {
     pub info: ModelInfo,
     pub dir: PathBuf,
     pub overlong: Overlong,
+    /// Where the model runs; fine-tuned versions are loaded onto it too.
+    pub device: candle_core::Device,
 }
 
 impl Model {
@@ -69,10 +71,11 @@ impl Model {
         batch: BatchConfig,
         overlong: Overlong,
         pooling: Option<DecoderPooling>,
+        device: &candle_core::Device,
     ) -> anyhow::Result<Self> {
-        let encoder = Encoder::load_pooled(dir, pooling)
+        let encoder = Encoder::load_on(dir, pooling, device)
             .with_context(|| format!("loading the model from {}", dir.display()))?;
-        let worker = ModelWorker::start(encoder.device.clone(), batch)?;
+        let worker = ModelWorker::start(batch)?;
         Ok(Self {
             worker,
             tokenizer: encoder.tokenizer,
@@ -80,6 +83,7 @@ impl Model {
             info: encoder.info,
             dir: encoder.dir,
             overlong,
+            device: encoder.device,
         })
     }
 

@@ -58,12 +58,14 @@ impl Service {
             Some(rel) if usable => {
                 let path = self.data_dir.join(rel);
                 let dir = self.model.dir.clone();
-                let model = tokio::task::spawn_blocking(move || Backbone::fine_tuned(&dir, &path))
-                    .await
-                    .map_err(|e| Error::Internal(e.into()))?
-                    .with_context(|| {
-                        format!("loading the fine-tuned encoder of version id {version_id}")
-                    })?;
+                let device = self.model.device.clone();
+                let model =
+                    tokio::task::spawn_blocking(move || Backbone::fine_tuned(&dir, &path, &device))
+                        .await
+                        .map_err(|e| Error::Internal(e.into()))?
+                        .with_context(|| {
+                            format!("loading the fine-tuned encoder of version id {version_id}")
+                        })?;
                 (Arc::new(model), fine_tuned_encoder_id(rel))
             }
             _ => (self.model.base.clone(), self.model.base_encoder_id()),

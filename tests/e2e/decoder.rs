@@ -34,7 +34,7 @@ async fn parity(name: &'static str, fixture: &str, dims: usize, family: &str, to
         assert_eq!(e.ids, want, "{name}: token ids of {:?}", row["text"]);
     }
     let refs: Vec<&sw2s::model::Encoded> = encoded.iter().collect();
-    let together = encoder.backbone.embed(&refs, &encoder.device).unwrap();
+    let together = encoder.backbone.embed(&refs).unwrap();
     let mut worst = 1.0f64;
     for ((row, got), e) in rows.iter().zip(&together).zip(&encoded) {
         let want: Vec<f32> = serde_json::from_value(row["last_token"].clone()).unwrap();
@@ -53,7 +53,7 @@ async fn parity(name: &'static str, fixture: &str, dims: usize, family: &str, to
             row["text"]
         );
         // Alone or in a batch: the same vector.
-        let alone = encoder.backbone.embed(&[e], &encoder.device).unwrap();
+        let alone = encoder.backbone.embed(&[e]).unwrap();
         assert!(
             cosine(&alone[0], got) > 0.99999,
             "{name}: batching changed a vector"
@@ -67,7 +67,7 @@ async fn parity(name: &'static str, fixture: &str, dims: usize, family: &str, to
     let mean = catalogue_encoder_pooled(name, Some(sw2s::model::DecoderPooling::Mean)).await;
     assert_eq!(mean.info.pooling, "mean");
     assert_ne!(mean.info.features_id(), encoder.info.features_id());
-    let pooled = mean.backbone.embed(&refs, &mean.device).unwrap();
+    let pooled = mean.backbone.embed(&refs).unwrap();
     let mut worst = 1.0f64;
     for (row, got) in rows.iter().zip(&pooled) {
         let want: Vec<f32> = serde_json::from_value(row["mean"].clone()).unwrap();

@@ -41,6 +41,7 @@ async fn real_model_matches_sentence_transformers() {
         sw2s::model::fetch::DEFAULT_MODEL_SHA256
     );
     assert_eq!(info["model"]["max_length"], fixture["max_seq_length"]);
+    assert_eq!(info["device"], "cpu");
     let (status, body) = s.post("/v1/embed", &json!({ "texts": sentences })).await;
     assert_eq!(status, 200, "{body}");
     let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
@@ -102,7 +103,7 @@ async fn batching_is_invisible_to_results() {
             max_queue_texts: 64,
         },
     ] {
-        let worker = ModelWorker::start(encoder.device.clone(), config).unwrap();
+        let worker = ModelWorker::start(config).unwrap();
         let together = worker.embed(&bert, encoded.clone()).await.unwrap();
         for (i, e) in encoded.iter().enumerate() {
             let alone = worker.embed(&bert, vec![e.clone()]).await.unwrap();
@@ -331,7 +332,7 @@ async fn mpnet_matches_sentence_transformers() {
         .tokenize(&texts, Overlong::Truncate)
         .unwrap();
     let refs: Vec<&sw2s::model::Encoded> = encoded.iter().collect();
-    let got = encoder.backbone.embed(&refs, &encoder.device).unwrap();
+    let got = encoder.backbone.embed(&refs).unwrap();
     let worst = got
         .iter()
         .zip(&reference)
@@ -339,6 +340,60 @@ async fn mpnet_matches_sentence_transformers() {
         .fold(1.0, f64::min);
     eprintln!("MPNet parity with sentence-transformers: lowest cosine {worst:.7}");
     assert!(worst >= 0.9999, "lowest cosine {worst}");
+
+    // What a GPU serves (`--device cuda`): candle's padded forward instead of the packed
+    // kernels, run here on the CPU against the same reference.
+    let device = candle_core::Device::Cpu;
+    let bert = sw2s::model::encoder::load_bert(
+        &sw2s::model::encoder::read_config(&encoder.dir).unwrap(),
+        &encoder.dir.join("model.safetensors"),
+        None,
+        &device,
+    )
+    .unwrap();
+    let padded = sw2s::model::Backbone::Padded(bert, device);
+    let worst = padded
+        .embed(&refs)
+        .unwrap()
+        .iter()
+        .zip(&reference)
+        .map(|(g, r)| cosine(g, r))
+        .fold(1.0, f64::min);
+    eprintln!("MPNet, the GPU's padded path on the CPU: lowest cosine {worst:.7}");
+    assert!(worst >= 0.9999, "padded path: lowest cosine {worst}");
+}
+
+/// `--device`: a GPU asked of a build without the `cuda` feature, or a device that is not
+/// one, stops the start with a message saying what to do, before the data dir is touched.
+#[test]
+fn serve_refuses_a_device_it_cannot_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let model = crate::common::tiny_model_dir(tmp.path());
+    let serve = |device: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sw2s"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--device", device])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--model-dir")
+            .arg(&model)
+            .env("SW2S_LOG", "warn")
+            .output()
+            .unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (status, stderr) = serve("tpu");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("use cpu, cuda or cuda:N"), "{stderr}");
+    if !sw2s::model::ComputeDevice::CUDA_BUILT {
+        let (status, stderr) = serve("cuda:0");
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains("built without GPU support") && stderr.contains("--features cuda"),
+            "{stderr}"
+        );
+        assert!(!data.exists(), "nothing is written before the device opens");
+    }
 }
 
 /// DistilBERT, XLM-RoBERTa and ModernBERT run through candle-transformers: tiny random
@@ -378,7 +433,7 @@ fn candle_transformers_encoders_match_transformers() {
             })
             .collect();
         let refs: Vec<&sw2s::model::Encoded> = encoded.iter().collect();
-        let got = encoder.backbone.embed(&refs, &encoder.device).unwrap();
+        let got = encoder.backbone.embed(&refs).unwrap();
         let want: Vec<Vec<f32>> =
             serde_json::from_value(reference["families"][family].clone()).unwrap();
         let worst = got

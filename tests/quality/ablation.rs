@@ -24,8 +24,7 @@ async fn smoothing_settings_on_sst2() {
         .tokenizer
         .tokenize(&texts, sw2s::model::Overlong::Truncate)
         .unwrap();
-    let worker =
-        sw2s::model::ModelWorker::start(encoder.device.clone(), Default::default()).unwrap();
+    let worker = sw2s::model::ModelWorker::start(Default::default()).unwrap();
     let emb = worker.embed(&encoder.backbone, tokens).await.unwrap();
     let gold: Vec<usize> = rows.iter().map(|r| r.label).collect();
     let accuracy = |labels: &[usize]| {

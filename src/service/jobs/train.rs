@@ -394,8 +394,9 @@ impl Service {
         let bert = {
             let model_dir = self.model.dir.clone();
             let file = encoder_file.clone();
+            let device = self.model.device.clone();
             tokio::task::spawn_blocking(move || {
-                crate::model::Backbone::fine_tuned(&model_dir, &file)
+                crate::model::Backbone::fine_tuned(&model_dir, &file, &device)
             })
             .await
             .map_err(|e| Error::Internal(e.into()))??
