@@ -134,12 +134,7 @@ impl DecoderLm {
         device: &Device,
         pooling: DecoderPooling,
     ) -> anyhow::Result<Self> {
-        let limit = if device.is_cpu() {
-            DEQUANTIZE_LIMIT_BYTES
-        } else {
-            0
-        };
-        Self::load_within(path, header, device, pooling, limit)
+        Self::load_within(path, header, device, pooling, DEQUANTIZE_LIMIT_BYTES)
     }
 
     /// `load` with the dequantization limit given (tests force the candle path with 0).
@@ -177,7 +172,8 @@ impl DecoderLm {
             .values()
             .map(|t| t.shape.elem_count() * 4)
             .sum();
-        let dequantized = f32_bytes <= dequantize_limit;
+        // The packed decoder is CPU code; elsewhere candle's quantized kernels run the model.
+        let dequantized = device.is_cpu() && f32_bytes <= dequantize_limit;
         let runner = if dequantized {
             let positions = context_length.min(DEFAULT_MAX_TOKENS);
             Runner::Packed(
@@ -192,7 +188,7 @@ impl DecoderLm {
                      token only",
                     path.display(),
                     pooling.as_str(),
-                    DEQUANTIZE_LIMIT_BYTES >> 20,
+                    dequantize_limit >> 20,
                     f32_bytes >> 20,
                     super::device::name(device)
                 );

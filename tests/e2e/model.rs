@@ -19,6 +19,14 @@ pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// The lowest cosine between paired vectors.
+pub(crate) fn lowest_cosine(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| cosine(g, w))
+        .fold(1.0, f64::min)
+}
+
 /// Embeddings over HTTP match vectors computed once with sentence-transformers
 /// (scripts/reference_embeddings.py).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,11 +53,7 @@ async fn real_model_matches_sentence_transformers() {
     let (status, body) = s.post("/v1/embed", &json!({ "texts": sentences })).await;
     assert_eq!(status, 200, "{body}");
     let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
-    let worst = got
-        .iter()
-        .zip(&reference)
-        .map(|(g, r)| cosine(g, r))
-        .fold(1.0, f64::min);
+    let worst = lowest_cosine(&got, &reference);
     eprintln!(
         "parity with sentence-transformers: lowest cosine {worst:.7} over {} sentences",
         got.len()
@@ -333,11 +337,7 @@ async fn mpnet_matches_sentence_transformers() {
         .unwrap();
     let refs: Vec<&sw2s::model::Encoded> = encoded.iter().collect();
     let got = encoder.backbone.embed(&refs).unwrap();
-    let worst = got
-        .iter()
-        .zip(&reference)
-        .map(|(g, r)| cosine(g, r))
-        .fold(1.0, f64::min);
+    let worst = lowest_cosine(&got, &reference);
     eprintln!("MPNet parity with sentence-transformers: lowest cosine {worst:.7}");
     assert!(worst >= 0.9999, "lowest cosine {worst}");
 
@@ -352,13 +352,7 @@ async fn mpnet_matches_sentence_transformers() {
     )
     .unwrap();
     let padded = sw2s::model::Backbone::Padded(bert, device);
-    let worst = padded
-        .embed(&refs)
-        .unwrap()
-        .iter()
-        .zip(&reference)
-        .map(|(g, r)| cosine(g, r))
-        .fold(1.0, f64::min);
+    let worst = lowest_cosine(&padded.embed(&refs).unwrap(), &reference);
     eprintln!("MPNet, the GPU's padded path on the CPU: lowest cosine {worst:.7}");
     assert!(worst >= 0.9999, "padded path: lowest cosine {worst}");
 }
@@ -436,11 +430,7 @@ fn candle_transformers_encoders_match_transformers() {
         let got = encoder.backbone.embed(&refs).unwrap();
         let want: Vec<Vec<f32>> =
             serde_json::from_value(reference["families"][family].clone()).unwrap();
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| cosine(g, w))
-            .fold(1.0, f64::min);
+        let worst = lowest_cosine(&got, &want);
         eprintln!("{family}: lowest cosine to transformers {worst:.7}");
         assert!(worst >= 0.9999, "{family}: lowest cosine {worst}");
     }
