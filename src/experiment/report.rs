@@ -29,7 +29,7 @@ pub struct MethodRow {
     pub pik_msp_auroc: Option<f64>,
     pub pik_auroc_strong_train: Option<f64>,
     pub tau: Option<f64>,
-    /// Strong-train labels by source: mean count and mean accuracy over seeds.
+    /// Strong-train labels by source: mean count over seeds and accuracy over all its labels.
     pub sources: BTreeMap<String, (f64, f64)>,
     /// Mean accuracy of the labels the final model trained on.
     pub label_accuracy: Option<f64>,
@@ -65,6 +65,24 @@ pub struct Report {
 pub fn pgr(accuracy: f64, weak: f64, ceiling: f64) -> Option<f64> {
     let gap = ceiling - weak;
     (gap.abs() > 1e-12).then(|| (accuracy - weak) / gap)
+}
+
+/// Per source of the final labels: the mean count over seeds, and the accuracy over all its
+/// labels (pooled, so a seed where the source labelled nothing adds nothing to it).
+fn pooled_sources(runs: &[Run]) -> BTreeMap<String, (f64, f64)> {
+    let mut tally: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for run in runs {
+        for (s, (n, acc)) in &run.sources {
+            let e = tally.entry(s.clone()).or_default();
+            e.0 += *n as f64;
+            e.1 += *n as f64 * acc;
+        }
+    }
+    let seeds = runs.len().max(1) as f64;
+    tally
+        .into_iter()
+        .map(|(s, (n, right))| (s, (n / seeds, if n > 0.0 { right / n } else { 0.0 })))
+        .collect()
 }
 
 fn mean_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -108,14 +126,7 @@ impl Report {
                         .collect(),
                     _ => vec![],
                 };
-                let mut sources: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-                for run in &runs[i] {
-                    for (s, (n, acc)) in &run.sources {
-                        let e = sources.entry(s.clone()).or_default();
-                        e.0 += *n as f64 / runs[i].len() as f64;
-                        e.1 += acc / runs[i].len() as f64;
-                    }
-                }
+                let sources = pooled_sources(&runs[i]);
                 MethodRow {
                     name: m.name().to_string(),
                     accuracy_mean: mean,
@@ -363,5 +374,28 @@ mod tests {
         assert_eq!(pgr(0.70, 0.70, 0.80), Some(0.0));
         assert!(pgr(0.65, 0.70, 0.80).unwrap() < 0.0);
         assert_eq!(pgr(0.7, 0.7, 0.7), None);
+    }
+
+    #[test]
+    fn a_source_missing_from_a_seed_does_not_lower_its_accuracy() {
+        let run = |sources: &[(&str, usize, f64)]| Run {
+            sources: sources
+                .iter()
+                .map(|(s, n, acc)| (s.to_string(), (*n, *acc)))
+                .collect(),
+            ..Run::default()
+        };
+        let runs = [
+            run(&[("strong", 100, 0.9), ("weak", 300, 0.8)]),
+            run(&[("strong", 300, 0.7), ("weak", 100, 0.6)]),
+            run(&[("weak", 400, 0.75)]),
+        ];
+        let pooled = pooled_sources(&runs);
+        let (n, acc) = pooled["strong"];
+        assert!((n - 400.0 / 3.0).abs() < 1e-9);
+        assert!((acc - (90.0 + 210.0) / 400.0).abs() < 1e-9, "{acc}");
+        let (n, acc) = pooled["weak"];
+        assert!((n - 800.0 / 3.0).abs() < 1e-9);
+        assert!((acc - (240.0 + 60.0 + 300.0) / 800.0).abs() < 1e-9, "{acc}");
     }
 }
