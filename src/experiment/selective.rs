@@ -369,6 +369,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
         examples: st.len(),
         ..t.clone()
     });
+    let smoothing_on = smoothing.on;
     let stages = vec![sources.stage, smoothing, policy.strong.clone()];
     let finish = |stage: StageReport, m: &Fitted| -> Run {
         let mut stages = stages.clone();
@@ -403,32 +404,77 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
     }
     let on_decisions = train_on_labels(ctx, strong, &labels, Some(&targets), None, gold_rows)?;
     // Do no harm to the next model: train on the decisions only while that beats training
-    // on the raw weak labels, judged on gold (neither model trained on it).
-    let (m2, targets_stage) =
-        if recipe.decision_targets == StageMode::Auto && strong.checks_targets() {
-            let on_raw = train_on_labels(ctx, strong, &raw_labels, None, None, gold_rows)?;
-            let predicted = |m: &Fitted| -> Vec<Option<usize>> {
-                gold_rows.iter().map(|&r| argmax(&m.probs(r))).collect()
-            };
-            let stage = check(
-                Stage::DecisionTargets,
-                recipe.decision_targets,
-                &Compared {
-                    classes: k,
-                    gold: &gold_truth,
-                    input: &predicted(&on_raw),
-                    output: &predicted(&on_decisions),
-                },
-                DEFAULT_Z,
-            );
-            (if stage.on { on_decisions } else { on_raw }, stage)
+    // on the raw weak labels, judged on gold (neither model trained on it). Smoothing carries
+    // the gold rows' own votes into their neighbours' labels, so the decisions are judged by
+    // a model trained on labels smoothed without those votes, as the server's job does.
+    let (m2, targets_stage) = if recipe.decision_targets == StageMode::Auto
+        && strong.checks_targets()
+    {
+        let on_raw = train_on_labels(ctx, strong, &raw_labels, None, None, gold_rows)?;
+        let blind_model = if smoothing_on {
+            let without_gold: HashMap<i64, Option<Vec<f32>>> = y
+                .iter()
+                .map(|(&r, a)| {
+                    (
+                        r,
+                        if is_gold.contains(&(r as usize)) {
+                            None
+                        } else {
+                            a.clone()
+                        },
+                    )
+                })
+                .collect();
+            let blind =
+                ctx.graph
+                    .refined_with(&without_gold, recipe.class_balance, Some(&prior.shares));
+            let blind_of = |r: usize| blind.get(&(r as i64)).cloned().flatten();
+            let labels: Vec<Label> = labels
+                .iter()
+                .map(|&(r, l, source)| match (l, source) {
+                    (Some(_), "weak_refined") => {
+                        (r, blind_of(r).as_deref().and_then(argmax), source)
+                    }
+                    _ => (r, l, source),
+                })
+                .collect();
+            let targets: HashMap<usize, Vec<f32>> = targets
+                .keys()
+                .filter_map(|&r| blind_of(r).map(|t| (r, t)))
+                .collect();
+            Some(train_on_labels(
+                ctx,
+                strong,
+                &labels,
+                Some(&targets),
+                None,
+                gold_rows,
+            )?)
         } else {
-            let stage = crate::method::safeguard::unavailable(
-                Stage::DecisionTargets,
-                recipe.decision_targets,
-                "on, unchecked (by setting, or in full mode)",
-            );
-            (on_decisions, StageReport { on: true, ..stage })
+            None
         };
+        let predicted = |m: &Fitted| -> Vec<Option<usize>> {
+            gold_rows.iter().map(|&r| argmax(&m.probs(r))).collect()
+        };
+        let stage = check(
+            Stage::DecisionTargets,
+            recipe.decision_targets,
+            &Compared {
+                classes: k,
+                gold: &gold_truth,
+                input: &predicted(&on_raw),
+                output: &predicted(blind_model.as_ref().unwrap_or(&on_decisions)),
+            },
+            DEFAULT_Z,
+        );
+        (if stage.on { on_decisions } else { on_raw }, stage)
+    } else {
+        let stage = crate::method::safeguard::unavailable(
+            Stage::DecisionTargets,
+            recipe.decision_targets,
+            "on, unchecked (by setting, or in full mode)",
+        );
+        (on_decisions, StageReport { on: true, ..stage })
+    };
     Ok(finish(targets_stage, &m2))
 }

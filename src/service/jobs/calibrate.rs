@@ -16,7 +16,7 @@ use crate::method::label_model::{
 };
 use crate::method::prior::{estimate, PriorEstimate, PriorEvidence};
 use crate::method::rule::WeakSide;
-use crate::method::safeguard::{check, Compared, Stage, StageReport};
+use crate::method::safeguard::{check, Compared, Stage, StageMode, StageReport};
 use crate::method::weak::argmax;
 use crate::service::{Service, TaskCtx};
 
@@ -30,6 +30,12 @@ pub(crate) struct WeakFit {
     pub smoothed: Vec<Option<Vec<f32>>>,
     /// The refined weak label in force (smoothed if smoothing is on, else the aggregate).
     pub refined: Vec<Option<Vec<f32>>>,
+    /// The same, smoothed without the gold examples' weak labels (present while smoothing is
+    /// on and the decision targets are checked): spreading carries a gold example's own votes
+    /// into its neighbours' labels, so a model trained on those would be judged on gold
+    /// partly by votes it was shown, which flatters it where the votes' errors do not depend
+    /// on the text.
+    pub refined_without_gold: Option<Vec<Option<Vec<f32>>>>,
     /// Each gold example's weak side with an out-of-fold trust confidence.
     pub gold_weak: HashMap<usize, WeakSide>,
 }
@@ -65,6 +71,7 @@ impl Service {
         task: &TaskCtx,
         data: &TaskData,
         seed: u64,
+        checks_targets: bool,
         progress: &Progress,
     ) -> Result<WeakFit> {
         let s = &task.settings;
@@ -120,20 +127,37 @@ impl Service {
             .zip(&aggregate)
             .map(|(&id, a)| (id, a.clone()))
             .collect();
-        let smoothed_by_id = {
+        // Only a head job checks its decision targets (a full job fine-tunes once, on them).
+        let blind = checks_targets
+            && s.decision_targets == StageMode::Auto
+            && s.smoothing != StageMode::Off
+            && !data.gold_rows().is_empty();
+        let (smoothed_by_id, blind_by_id) = {
             let slot = self.graph_guard(task).await?;
             match slot.graph.as_ref() {
                 Some(graph) => tokio::task::block_in_place(|| {
-                    graph.refined_with(&by_id, s.class_balance, Some(&prior.shares))
+                    let smooth = |y: &HashMap<i64, Option<Vec<f32>>>| {
+                        graph.refined_with(y, s.class_balance, Some(&prior.shares))
+                    };
+                    let without_gold = blind.then(|| {
+                        let mut y = by_id.clone();
+                        for i in data.gold_rows() {
+                            y.insert(data.ids[i], None);
+                        }
+                        smooth(&y)
+                    });
+                    (smooth(&by_id), without_gold)
                 }),
-                None => HashMap::new(),
+                None => (HashMap::new(), None),
             }
         };
-        let smoothed: Vec<Option<Vec<f32>>> = data
-            .ids
-            .iter()
-            .map(|id| smoothed_by_id.get(id).cloned().flatten())
-            .collect();
+        let by_row = |m: &HashMap<i64, Option<Vec<f32>>>| -> Vec<Option<Vec<f32>>> {
+            data.ids
+                .iter()
+                .map(|id| m.get(id).cloned().flatten())
+                .collect()
+        };
+        let smoothed = by_row(&smoothed_by_id);
         let (mut gold, mut input, mut output) = (vec![], vec![], vec![]);
         for i in data.gold_rows() {
             let Some(g) = data.gold[i] else { continue };
@@ -152,17 +176,23 @@ impl Service {
             },
             s.safeguard_z,
         );
-        let refined: Vec<Option<Vec<f32>>> = aggregate
-            .iter()
-            .zip(&smoothed)
-            .map(|(a, sm)| {
-                if smoothing.on {
-                    sm.clone().or(a.clone())
-                } else {
-                    a.clone()
-                }
-            })
-            .collect();
+        let in_force = |smoothed: &[Option<Vec<f32>>]| -> Vec<Option<Vec<f32>>> {
+            aggregate
+                .iter()
+                .zip(smoothed)
+                .map(|(a, sm)| {
+                    if smoothing.on {
+                        sm.clone().or(a.clone())
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect()
+        };
+        let refined = in_force(&smoothed);
+        let refined_without_gold = blind_by_id
+            .filter(|_| smoothing.on)
+            .map(|m| in_force(&by_row(&m)));
         progress.check()?;
 
         progress.stage("training the trust model");
@@ -179,6 +209,7 @@ impl Service {
             aggregate,
             smoothed,
             refined,
+            refined_without_gold,
             gold_weak: HashMap::new(),
         };
         let rows: Vec<usize> = data

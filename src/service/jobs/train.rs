@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::calibrate::WeakFit;
 use super::data::TaskData;
 use super::publish::{EncoderChange, Publish};
 use super::queue::Finished;
@@ -70,9 +69,10 @@ fn raw_training_set(data: &TaskData) -> TrainingSet {
 }
 
 /// Targets: gold labels; the previous version's strong decisions (unless `train_on` says
-/// not); else the refined weak label in force. Abstentions and examples without an
-/// embedding from the current encoder do not train.
-fn training_set(task: &TaskCtx, data: &TaskData, weak: &WeakFit) -> TrainingSet {
+/// not); else the refined weak label in `refined` (the one in force, or for the gold check of
+/// the decision targets the one smoothed without the gold examples' votes). Abstentions and
+/// examples without an embedding from the current encoder do not train.
+fn training_set(task: &TaskCtx, data: &TaskData, refined: &[Option<Vec<f32>>]) -> TrainingSet {
     let k = data.k;
     let mut set = TrainingSet {
         rows: vec![],
@@ -93,7 +93,7 @@ fn training_set(task: &TaskCtx, data: &TaskData, weak: &WeakFit) -> TrainingSet 
                 (one_hot(l, k), DecisionSource::Strong)
             }
             _ => {
-                let Some(refined) = weak.refined[i].as_ref() else {
+                let Some(refined) = refined[i].as_ref() else {
                     continue;
                 };
                 let Some(l) = argmax(refined) else { continue };
@@ -181,10 +181,14 @@ impl Service {
         let mut train_cfg = task.settings.train.clone();
         train_cfg.seed = train_cfg.seed.wrapping_add(job.id as u64);
         let weak = self
-            .calibrate(task, &data, train_cfg.seed, progress)
+            .calibrate(task, &data, train_cfg.seed, mode == JobMode::Head, progress)
             .await?;
-        let set = training_set(task, &data, &weak);
+        let set = training_set(task, &data, &weak.refined);
         let raw = raw_training_set(&data);
+        let check = weak
+            .refined_without_gold
+            .as_deref()
+            .map(|refined| training_set(task, &data, refined));
         if set.rows.is_empty() {
             return Err(Error::invalid(
                 "nothing_to_train_on",
@@ -217,7 +221,12 @@ impl Service {
                 let mode = task.settings.decision_targets;
                 let z = task.settings.safeguard_z;
                 let mut trained = tokio::task::spawn_blocking(move || {
-                    train_heads(&d, &set, &raw, mode, z, &weak_labels, &cfg, &pcfg, &p)
+                    let sets = Sets {
+                        decisions: &set,
+                        raw: &raw,
+                        check: check.as_ref(),
+                    };
+                    train_heads(&d, &sets, mode, z, &weak_labels, &cfg, &pcfg, &p)
                 })
                 .await
                 .map_err(|e| Error::Internal(e.into()))??;
@@ -478,14 +487,23 @@ fn gold_oof(
     Ok(gold_pos.into_iter().zip(oof).collect())
 }
 
+/// What a head job trains on, and what checks it.
+struct Sets<'a> {
+    decisions: &'a TrainingSet,
+    raw: &'a TrainingSet,
+    /// The decisions with refined labels smoothed without the gold examples' votes: what
+    /// the decision targets are judged by on gold (`None`: the decisions themselves, where
+    /// smoothing is off and nothing of a gold example reaches another's label).
+    check: Option<&'a TrainingSet>,
+}
+
 /// Cross-fits the classifier on gold (on the decisions and, to check them, on the raw weak
 /// labels), keeps the decisions as targets only while their model beats the raw one on gold,
 /// trains P(IK) on the chosen out-of-fold predictions, then the final classifier.
 #[allow(clippy::too_many_arguments)]
 fn train_heads(
     data: &TaskData,
-    decisions: &TrainingSet,
-    raw: &TrainingSet,
+    sets: &Sets,
     mode: StageMode,
     z: f64,
     weak_labels: &[Option<usize>],
@@ -494,8 +512,22 @@ fn train_heads(
     progress: &Progress,
 ) -> Result<Trained> {
     let k = data.k;
+    let Sets { decisions, raw, .. } = *sets;
     let oof = gold_oof(data, decisions, train_cfg, progress, "cross-fitting")?;
     let (set, oof, targets) = if mode == StageMode::Auto {
+        let (checked, checked_oof) = match sets.check {
+            Some(c) => (
+                c,
+                gold_oof(
+                    data,
+                    c,
+                    train_cfg,
+                    progress,
+                    "cross-fitting (labels smoothed without gold)",
+                )?,
+            ),
+            None => (decisions, oof.clone()),
+        };
         let raw_oof = gold_oof(
             data,
             raw,
@@ -508,8 +540,8 @@ fn train_heads(
             .map(|(p, probs)| (raw.rows[*p], argmax(probs)))
             .collect();
         let (mut gold, mut input, mut output) = (vec![], vec![], vec![]);
-        for (p, probs) in &oof {
-            let row = decisions.rows[*p];
+        for (p, probs) in &checked_oof {
+            let row = checked.rows[*p];
             let (Some(g), Some(r)) = (data.gold[row], by_row.get(&row)) else {
                 continue;
             };
