@@ -412,19 +412,10 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
     {
         let on_raw = train_on_labels(ctx, strong, &raw_labels, None, None, gold_rows)?;
         let blind_model = if smoothing_on {
-            let without_gold: HashMap<i64, Option<Vec<f32>>> = y
-                .iter()
-                .map(|(&r, a)| {
-                    (
-                        r,
-                        if is_gold.contains(&(r as usize)) {
-                            None
-                        } else {
-                            a.clone()
-                        },
-                    )
-                })
-                .collect();
+            let mut without_gold = y.clone();
+            for &r in gold_rows {
+                without_gold.insert(r as i64, None);
+            }
             let blind =
                 ctx.graph
                     .refined_with(&without_gold, recipe.class_balance, Some(&prior.shares));

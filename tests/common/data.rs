@@ -77,6 +77,19 @@ pub async fn all_examples(s: &TestServer, task: &str) -> Vec<Value> {
     }
 }
 
+/// Ingests `examples` into the task in requests of `batch`, each of which must succeed.
+pub async fn ingest(s: &TestServer, task: &str, examples: &[Value], batch: usize) {
+    for chunk in examples.chunks(batch) {
+        let (status, body) = s
+            .post(
+                &format!("/v1/tasks/{task}/examples"),
+                &serde_json::json!({ "examples": chunk }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 /// Starts a job and waits for it to succeed.
 pub async fn run_job(s: &TestServer, task: &str, body: Value) -> Value {
     let (status, job) = s.post(&format!("/v1/tasks/{task}/jobs"), &body).await;

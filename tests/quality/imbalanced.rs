@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::common::{Backend, ModelKind, Options, TestServer};
-use crate::data::{all_examples, have_datasets, read_rows, run_job, settled, Row};
+use crate::data::{all_examples, have_datasets, ingest, read_rows, run_job, settled, Row};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -244,19 +244,14 @@ async fn imbalanced_task(backend: Backend) {
         .post("/v1/tasks", &json!({"name": "imb", "labels": LABELS}))
         .await;
     assert_eq!(status, 201, "{body}");
-    for chunk in rows.chunks(100) {
-        let examples: Vec<Value> = chunk
-            .iter()
-            .map(|r| {
-                let weak: Vec<&Value> = votes[&r.id].iter().map(|v| &v.body).collect();
-                json!({"id": r.id, "text": r.text, "weak_labels": weak})
-            })
-            .collect();
-        let (status, body) = s
-            .post("/v1/tasks/imb/examples", &json!({ "examples": examples }))
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    let examples: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let weak: Vec<&Value> = votes[&r.id].iter().map(|v| &v.body).collect();
+            json!({"id": r.id, "text": r.text, "weak_labels": weak})
+        })
+        .collect();
+    ingest(&s, "imb", &examples, 100).await;
     let mut ids: Vec<&String> = truth.keys().collect();
     ids.sort();
     ids.shuffle(&mut rand::rngs::StdRng::seed_from_u64(5));

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::common::{Backend, ModelKind, Options, TestServer};
-use crate::data::{all_examples, have_datasets, read_rows, run_job, settled, Row};
+use crate::data::{all_examples, have_datasets, ingest, read_rows, run_job, settled, Row};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -110,29 +110,21 @@ async fn multiclass_task(backend: Backend) {
         .post("/v1/tasks", &json!({"name": "topics", "labels": LABELS}))
         .await;
     assert_eq!(status, 201, "{body}");
-    for chunk in rows.chunks(100) {
-        let examples: Vec<Value> = chunk
-            .iter()
-            .map(|r| {
-                let weak: Vec<Value> = votes[&r.id]
-                    .iter()
-                    .map(|(source, l)| json!({"source": source, "label": LABELS[*l]}))
-                    .collect();
-                let mut e = json!({"id": r.id, "text": r.text, "weak_labels": weak});
-                if gold.contains(&r.id) {
-                    e["gold_label"] = json!(LABELS[r.label]);
-                }
-                e
-            })
-            .collect();
-        let (status, body) = s
-            .post(
-                "/v1/tasks/topics/examples",
-                &json!({ "examples": examples }),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    let examples: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let weak: Vec<Value> = votes[&r.id]
+                .iter()
+                .map(|(source, l)| json!({"source": source, "label": LABELS[*l]}))
+                .collect();
+            let mut e = json!({"id": r.id, "text": r.text, "weak_labels": weak});
+            if gold.contains(&r.id) {
+                e["gold_label"] = json!(LABELS[r.label]);
+            }
+            e
+        })
+        .collect();
+    ingest(&s, "topics", &examples, 100).await;
 
     run_job(&s, "topics", json!({"mode": "head"})).await;
     settled(&s, "topics").await;

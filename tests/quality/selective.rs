@@ -60,16 +60,11 @@ async fn selective_decisions_beat_weak_labels_on_sst2() {
         )
         .await;
     assert_eq!(status, 201);
-    for chunk in rows.chunks(250) {
-        let examples: Vec<Value> = chunk
-            .iter()
-            .map(|r| json!({"id": r.id, "text": r.text, "weak_labels": [{"source": "noisy-rules", "label": LABELS[weak[&r.id]]}]}))
-            .collect();
-        let (status, body) = s
-            .post("/v1/tasks/sst2/examples", &json!({ "examples": examples }))
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    let examples: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"id": r.id, "text": r.text, "weak_labels": [{"source": "noisy-rules", "label": LABELS[weak[&r.id]]}]}))
+        .collect();
+    crate::data::ingest(&s, "sst2", &examples, 250).await;
     // Annotators label a random sample.
     let mut gold_ids: Vec<&String> = truth.keys().collect();
     gold_ids.sort();

@@ -24,23 +24,15 @@ async fn ingest(
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    for (chunk, labels) in texts.chunks(100).zip(weak.chunks(100)) {
-        let examples: Vec<Value> = chunk
-            .iter()
-            .zip(labels)
-            .map(|((id, text), &l)| {
-                let label = ["negative", "positive"][l];
-                json!({"id": id, "text": text, "weak_labels": [{"source": "noisy", "label": label}]})
-            })
-            .collect();
-        let (status, body) = s
-            .post(
-                &format!("/v1/tasks/{task}/examples"),
-                &json!({ "examples": examples }),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    let examples: Vec<Value> = texts
+        .iter()
+        .zip(weak)
+        .map(|((id, text), &l)| {
+            let label = ["negative", "positive"][l];
+            json!({"id": id, "text": text, "weak_labels": [{"source": "noisy", "label": label}]})
+        })
+        .collect();
+    crate::data::ingest(s, task, &examples, 100).await;
 }
 
 /// Refined labels by example id.

@@ -128,10 +128,11 @@ impl Service {
             .map(|(&id, a)| (id, a.clone()))
             .collect();
         // Only a head job checks its decision targets (a full job fine-tunes once, on them).
+        let gold_rows = data.gold_rows();
         let blind = checks_targets
             && s.decision_targets == StageMode::Auto
             && s.smoothing != StageMode::Off
-            && !data.gold_rows().is_empty();
+            && !gold_rows.is_empty();
         let (smoothed_by_id, blind_by_id) = {
             let slot = self.graph_guard(task).await?;
             match slot.graph.as_ref() {
@@ -141,7 +142,7 @@ impl Service {
                     };
                     let without_gold = blind.then(|| {
                         let mut y = by_id.clone();
-                        for i in data.gold_rows() {
+                        for &i in &gold_rows {
                             y.insert(data.ids[i], None);
                         }
                         smooth(&y)
@@ -159,7 +160,7 @@ impl Service {
         };
         let smoothed = by_row(&smoothed_by_id);
         let (mut gold, mut input, mut output) = (vec![], vec![], vec![]);
-        for i in data.gold_rows() {
+        for &i in &gold_rows {
             let Some(g) = data.gold[i] else { continue };
             gold.push(g);
             input.push(label_of(aggregate[i].as_ref()));
@@ -212,8 +213,7 @@ impl Service {
             refined_without_gold,
             gold_weak: HashMap::new(),
         };
-        let rows: Vec<usize> = data
-            .gold_rows()
+        let rows: Vec<usize> = gold_rows
             .into_iter()
             .filter(|&i| fit.evidence(data, i).is_some())
             .collect();
