@@ -192,6 +192,13 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
+/// `sw2s experiment --gold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GoldFrom {
+    CrossFitted,
+    HeldOut,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -218,6 +225,14 @@ pub struct ExperimentArgs {
     /// functions, each with its own per-class accuracy in 0.55–0.95 and coverage in 0.3–0.8).
     #[arg(long, default_value = "bow")]
     pub weak: String,
+    /// Where the gold labels come from when the weak model is learned (`bow`, `layers:N`).
+    /// `cross-fitted`: all of weak-train, each row weak-labelled by a model trained on the
+    /// other four fifths (so the models that label its neighbours saw its label);
+    /// `held-out`: one fifth of weak-train, weak-labelled like strong-train by one model
+    /// trained on the other four fifths, which then leave the run. Noise models
+    /// (`flip`, `lfs`) always use all of weak-train.
+    #[arg(long, value_enum, default_value_t = GoldFrom::CrossFitted)]
+    pub gold: GoldFrom,
     #[arg(long, default_value_t = 0.4)]
     pub weak_fraction: f64,
     #[arg(long, default_value_t = 0.4)]

@@ -1,7 +1,7 @@
 //! The methods the table compares, and what one method gave on one seed. Baselines are
 //! here; the selective recipes run in `selective`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -10,6 +10,7 @@ use super::strong::{Fitted, Strong};
 use super::{hard, Ctx};
 use crate::graph::ClassBalance;
 use crate::method::confidence::PrecisionThreshold;
+use crate::method::label_model::Vote;
 use crate::method::metrics::{balanced_accuracy, macro_f1};
 use crate::method::pik::PikFeatures;
 use crate::method::pik::PikReport;
@@ -303,8 +304,8 @@ pub fn run_method(method: &Method, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow
         }
         Method::Graph(_, balance) => {
             let prior = ctx.gold_prior();
-            let raw: HashMap<i64, Option<Vec<f32>>> = HashMap::new();
-            let smoothed = ctx.graph.refined_with(&raw, *balance, Some(&prior.shares));
+            let mean = |v: &[Vote]| super::mean_vote(v, ctx.k);
+            let smoothed = ctx.smooth(&mean, &HashSet::new(), *balance, &prior.shares);
             let labels: Vec<Label> = st
                 .iter()
                 .map(|&r| {

@@ -4,7 +4,8 @@
 //!
 //! Per seed: split by group into weak-train / strong-train / test; the weak supervisor labels
 //! every row (a weak model trained on weak-train's ground truth, cross-fitted on weak-train
-//! itself, or a noise model); weak-train's ground truth plays the gold labels; each method
+//! itself, or a noise model); weak-train's ground truth plays the gold labels (with
+//! `--gold held-out`, one fold of it, the rest only training the weak model); each method
 //! trains a strong model on strong-train and is scored on test.
 
 pub mod bow;
@@ -13,6 +14,7 @@ pub mod data;
 pub mod methods;
 pub mod report;
 pub mod selective;
+pub mod smooth;
 pub mod strong;
 pub mod weak;
 
@@ -22,7 +24,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use crate::cli::ExperimentArgs;
+pub use crate::cli::{ExperimentArgs, GoldFrom};
 use data::{Row, Split};
 pub use methods::{catalogue, Method, Run};
 use strong::{FullStrong, HeadStrong, Strong};
@@ -45,6 +47,8 @@ pub struct Ctx<'a> {
     pub truth: Vec<usize>,
     /// Each row's votes, and how many sources there are.
     pub votes: HashMap<usize, Vec<Vote>>,
+    /// A cross-fitted weak model's votes on strong-train, per fold (`smooth`).
+    pub passes: Vec<HashMap<usize, Vec<Vote>>>,
     pub sources: usize,
     /// The raw weak label: the confidence-weighted mean of the row's votes.
     pub raw: HashMap<usize, Option<Vec<f32>>>,
@@ -280,9 +284,13 @@ fn seed_context<'a>(
     seed: u64,
     args: &ExperimentArgs,
 ) -> anyhow::Result<Ctx<'a>> {
-    let split = data::split(rows, seed, args.weak_fraction, args.strong_fraction);
+    let mut split = data::split(rows, seed, args.weak_fraction, args.strong_fraction);
     let truth: Vec<usize> = rows.iter().map(|r| r.label).collect();
-    let votes = labeler.label(&split, groups, seed)?;
+    let weak::WeakVotes { own: votes, passes } = labeler.label(&split, groups, seed, args.gold)?;
+    if args.gold == GoldFrom::HeldOut && labeler.kind.learned() {
+        // The rows the weak model trained on leave the run; its gold fold stays as the gold.
+        split.weak_train.retain(|&r| weak::in_gold_fold(groups[r]));
+    }
     let raw: HashMap<usize, Option<Vec<f32>>> =
         votes.iter().map(|(&r, v)| (r, mean_vote(v, k))).collect();
     let weak_test_accuracy = split
@@ -298,6 +306,7 @@ fn seed_context<'a>(
         split,
         truth,
         votes,
+        passes,
         sources: labeler.kind.sources(),
         raw,
         weak_test_accuracy,

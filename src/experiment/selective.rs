@@ -16,7 +16,9 @@ use crate::method::confidence::{
     TrustModel, WeakEvidence,
 };
 use crate::method::heads::sigmoid;
-use crate::method::label_model::{fit_sources, LabelModelConfig, LabelModelKind, Observations};
+use crate::method::label_model::{
+    fit_sources, LabelModelConfig, LabelModelKind, Observations, Vote,
+};
 use crate::method::metrics::auroc;
 use crate::method::pik::{msp, pik_features};
 use crate::method::pik::{train_pik, PikConfig, PikSample};
@@ -62,7 +64,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
     let gold_rows = &ctx.split.weak_train;
     let st = &ctx.split.strong_train;
     let pool: Vec<usize> = gold_rows.iter().chain(st).copied().collect();
-    let is_gold: std::collections::HashSet<usize> = gold_rows.iter().copied().collect();
+    let is_gold: HashSet<usize> = gold_rows.iter().copied().collect();
 
     // 1. The model of the weak sources, checked against the mean on gold.
     let votes: Vec<Vec<_>> = pool.iter().map(|r| ctx.votes[r].clone()).collect();
@@ -112,13 +114,13 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
     });
 
     // 3. Smoothing over the graph, balanced towards the prior, checked on gold.
-    let y: HashMap<i64, Option<Vec<f32>>> = aggregate
-        .iter()
-        .map(|(&r, a)| (r as i64, a.clone()))
-        .collect();
-    let smoothed = ctx
-        .graph
-        .refined_with(&y, recipe.class_balance, Some(&prior.shares));
+    let posterior = |v: &[Vote]| sources.used.posterior(v);
+    let smoothed = ctx.smooth(
+        &posterior,
+        &HashSet::new(),
+        recipe.class_balance,
+        &prior.shares,
+    );
     let smoothed_of = |r: usize| smoothed.get(&(r as i64)).cloned().flatten();
     let label_of = |v: Option<&Vec<f32>>| v.and_then(|v| argmax(v));
     let gold_truth: Vec<usize> = gold_rows.iter().map(|&r| ctx.truth[r]).collect();
@@ -407,65 +409,58 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
     // on the raw weak labels, judged on gold (neither model trained on it). Smoothing carries
     // the gold rows' own votes into their neighbours' labels, so the decisions are judged by
     // a model trained on labels smoothed without those votes, as the server's job does.
-    let (m2, targets_stage) = if recipe.decision_targets == StageMode::Auto
-        && strong.checks_targets()
-    {
-        let on_raw = train_on_labels(ctx, strong, &raw_labels, None, None, gold_rows)?;
-        let blind_model = if smoothing_on {
-            let mut without_gold = y.clone();
-            for &r in gold_rows {
-                without_gold.insert(r as i64, None);
-            }
-            let blind =
-                ctx.graph
-                    .refined_with(&without_gold, recipe.class_balance, Some(&prior.shares));
-            let blind_of = |r: usize| blind.get(&(r as i64)).cloned().flatten();
-            let labels: Vec<Label> = labels
-                .iter()
-                .map(|&(r, l, source)| match (l, source) {
-                    (Some(_), "weak_refined") => {
-                        (r, blind_of(r).as_deref().and_then(argmax), source)
-                    }
-                    _ => (r, l, source),
-                })
-                .collect();
-            let targets: HashMap<usize, Vec<f32>> = targets
-                .keys()
-                .filter_map(|&r| blind_of(r).map(|t| (r, t)))
-                .collect();
-            Some(train_on_labels(
-                ctx,
-                strong,
-                &labels,
-                Some(&targets),
-                None,
-                gold_rows,
-            )?)
+    let (m2, targets_stage) =
+        if recipe.decision_targets == StageMode::Auto && strong.checks_targets() {
+            let on_raw = train_on_labels(ctx, strong, &raw_labels, None, None, gold_rows)?;
+            let blind_model = if smoothing_on {
+                let blind = ctx.smooth(&posterior, &is_gold, recipe.class_balance, &prior.shares);
+                let blind_of = |r: usize| blind.get(&(r as i64)).cloned().flatten();
+                let labels: Vec<Label> = labels
+                    .iter()
+                    .map(|&(r, l, source)| match (l, source) {
+                        (Some(_), "weak_refined") => {
+                            (r, blind_of(r).as_deref().and_then(argmax), source)
+                        }
+                        _ => (r, l, source),
+                    })
+                    .collect();
+                let targets: HashMap<usize, Vec<f32>> = targets
+                    .keys()
+                    .filter_map(|&r| blind_of(r).map(|t| (r, t)))
+                    .collect();
+                Some(train_on_labels(
+                    ctx,
+                    strong,
+                    &labels,
+                    Some(&targets),
+                    None,
+                    gold_rows,
+                )?)
+            } else {
+                None
+            };
+            let predicted = |m: &Fitted| -> Vec<Option<usize>> {
+                gold_rows.iter().map(|&r| argmax(&m.probs(r))).collect()
+            };
+            let stage = check(
+                Stage::DecisionTargets,
+                recipe.decision_targets,
+                &Compared {
+                    classes: k,
+                    gold: &gold_truth,
+                    input: &predicted(&on_raw),
+                    output: &predicted(blind_model.as_ref().unwrap_or(&on_decisions)),
+                },
+                DEFAULT_Z,
+            );
+            (if stage.on { on_decisions } else { on_raw }, stage)
         } else {
-            None
+            let stage = crate::method::safeguard::unavailable(
+                Stage::DecisionTargets,
+                recipe.decision_targets,
+                "on, unchecked (by setting, or in full mode)",
+            );
+            (on_decisions, StageReport { on: true, ..stage })
         };
-        let predicted = |m: &Fitted| -> Vec<Option<usize>> {
-            gold_rows.iter().map(|&r| argmax(&m.probs(r))).collect()
-        };
-        let stage = check(
-            Stage::DecisionTargets,
-            recipe.decision_targets,
-            &Compared {
-                classes: k,
-                gold: &gold_truth,
-                input: &predicted(&on_raw),
-                output: &predicted(blind_model.as_ref().unwrap_or(&on_decisions)),
-            },
-            DEFAULT_Z,
-        );
-        (if stage.on { on_decisions } else { on_raw }, stage)
-    } else {
-        let stage = crate::method::safeguard::unavailable(
-            Stage::DecisionTargets,
-            recipe.decision_targets,
-            "on, unchecked (by setting, or in full mode)",
-        );
-        (on_decisions, StageReport { on: true, ..stage })
-    };
     Ok(finish(targets_stage, &m2))
 }

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use super::bow;
 use super::data::{Row, Split};
+use crate::cli::GoldFrom;
 use crate::method::heads::softmax;
 use crate::method::label_model::Vote;
 use crate::method::training::{train_softmax, Dataset, TrainConfig};
@@ -58,6 +59,11 @@ impl WeakKind {
         bail!("--weak must be `bow`, `layers:N`, `flip:P[,P…]` or `lfs:N`, got {s:?}")
     }
 
+    /// A model trained on weak-train's ground truth (rather than noise on the truth).
+    pub fn learned(&self) -> bool {
+        matches!(self, WeakKind::Bow | WeakKind::Layers(_))
+    }
+
     pub fn sources(&self) -> usize {
         match self {
             WeakKind::Lfs(n) => *n,
@@ -82,20 +88,61 @@ fn soft(source: usize, scores: Vec<f32>) -> Vec<Vote> {
     }]
 }
 
+/// Folds of weak-train for a learned weak model, whole groups each.
+const FOLDS: u64 = 5;
+
+/// A row's fold, from its group.
+pub fn fold_of(group: u64) -> usize {
+    (group % FOLDS) as usize
+}
+
+/// With `--gold held-out`, the weak-train rows that are the gold set (one fold); the
+/// learned weak model trains on the others.
+pub fn in_gold_fold(group: u64) -> bool {
+    fold_of(group) == 0
+}
+
+/// What the weak supervisor gives one seed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WeakVotes {
+    /// Each row's votes.
+    pub own: HashMap<usize, Vec<Vote>>,
+    /// A cross-fitted learned model only: per fold, that fold's model's votes on all of
+    /// strong-train (its own gold fold's are in `own`), so that smoothing can run once per
+    /// fold on the labels of one model that saw none of the rows it refines
+    /// (`Ctx::smooth`).
+    pub passes: Vec<HashMap<usize, Vec<Vote>>>,
+}
+
+impl From<HashMap<usize, Vec<Vote>>> for WeakVotes {
+    fn from(own: HashMap<usize, Vec<Vote>>) -> Self {
+        WeakVotes {
+            own,
+            passes: vec![],
+        }
+    }
+}
+
 impl WeakLabeler<'_> {
     /// Votes for every row of the split. A weak model is trained five times, each time on
     /// weak-train without one fold of whole groups; each weak-train row is labelled by the
     /// model that did not see its fold, and each strong-train or test row by one of the five
     /// picked by its group. So every row's weak label comes from the same kind of model and
-    /// none from a model that saw its label: the gold examples' weak labels behave like
-    /// everyone else's, and what is checked or calibrated on gold carries over. A noise model
-    /// labels every row alike.
+    /// none from a model that saw its label: the gold examples' own weak labels behave like
+    /// everyone else's. Their neighbours' do not (four of the five models trained on each
+    /// gold label), which is why each model's votes on all of strong-train are kept too
+    /// (`WeakVotes::passes`). A noise model labels every row alike.
+    ///
+    /// With `GoldFrom::HeldOut` a learned weak model is trained once on weak-train without
+    /// its gold fold and labels that fold, strong-train and test: no gold label reaches a
+    /// model that labels anything in the run (the training rows get no votes).
     pub fn label(
         &self,
         split: &Split,
         groups: &[u64],
         seed: u64,
-    ) -> anyhow::Result<HashMap<usize, Vec<Vote>>> {
+        gold: GoldFrom,
+    ) -> anyhow::Result<WeakVotes> {
         let all: Vec<usize> = split
             .weak_train
             .iter()
@@ -104,28 +151,50 @@ impl WeakLabeler<'_> {
             .copied()
             .collect();
         match &self.kind {
+            WeakKind::Bow | WeakKind::Layers(_) if gold == GoldFrom::HeldOut => {
+                let (held, fit): (Vec<usize>, Vec<usize>) = split
+                    .weak_train
+                    .iter()
+                    .partition(|&&r| in_gold_fold(groups[r]));
+                let predict: Vec<usize> = held
+                    .into_iter()
+                    .chain(split.strong_train.iter().chain(&split.test).copied())
+                    .collect();
+                Ok(WeakVotes {
+                    own: self.train_predict(&fit, &predict, seed)?,
+                    passes: vec![],
+                })
+            }
             WeakKind::Bow | WeakKind::Layers(_) => {
                 // Folds keep groups whole (alternate rows would put every SciQ question's right
                 // answer in one fold and its wrong one in another).
-                const FOLDS: u64 = 5;
-                let mut out = HashMap::new();
-                for f in 0..FOLDS {
+                let mut out = WeakVotes::default();
+                for f in 0..FOLDS as usize {
                     let (held, rest): (Vec<usize>, Vec<usize>) = split
                         .weak_train
                         .iter()
-                        .partition(|&&r| groups[r] % FOLDS == f);
+                        .partition(|&&r| fold_of(groups[r]) == f);
                     let predict: Vec<usize> = held
                         .into_iter()
+                        .chain(split.strong_train.iter().copied())
                         .chain(
                             split
-                                .strong_train
+                                .test
                                 .iter()
-                                .chain(&split.test)
                                 .copied()
-                                .filter(|&r| groups[r] % FOLDS == f),
+                                .filter(|&r| fold_of(groups[r]) == f),
                         )
                         .collect();
-                    out.extend(self.train_predict(&rest, &predict, seed)?);
+                    let mut votes = self.train_predict(&rest, &predict, seed)?;
+                    out.passes.push(
+                        split
+                            .strong_train
+                            .iter()
+                            .filter_map(|r| votes.get(r).map(|v| (*r, v.clone())))
+                            .collect(),
+                    );
+                    votes.retain(|r, _| fold_of(groups[*r]) == f);
+                    out.own.extend(votes);
                 }
                 Ok(out)
             }
@@ -150,7 +219,8 @@ impl WeakLabeler<'_> {
                         };
                         (r, soft(0, one_hot(l, self.k)))
                     })
-                    .collect())
+                    .collect::<HashMap<_, _>>()
+                    .into())
             }
             WeakKind::Lfs(n) => {
                 // Each function: its own accuracy on each class and its coverage.
@@ -195,7 +265,8 @@ impl WeakLabeler<'_> {
                             .collect();
                         (r, votes)
                     })
-                    .collect())
+                    .collect::<HashMap<_, _>>()
+                    .into())
             }
         }
     }
@@ -285,7 +356,10 @@ mod tests {
             layer_embeddings: None,
             bow: vec![],
         };
-        let votes = labeler.label(&split, &groups, 1).unwrap();
+        let votes = labeler
+            .label(&split, &groups, 1, GoldFrom::CrossFitted)
+            .unwrap()
+            .own;
         let flipped = |class: usize| {
             let of: Vec<usize> = (0..4000).filter(|&r| rows[r].label == class).collect();
             of.iter()
@@ -296,14 +370,90 @@ mod tests {
         assert!((flipped(0) - 0.1).abs() < 0.03, "{}", flipped(0));
         assert!((flipped(1) - 0.4).abs() < 0.05, "{}", flipped(1));
         // The same seed gives the same labels.
-        assert_eq!(labeler.label(&split, &groups, 1).unwrap(), votes);
+        assert_eq!(
+            labeler
+                .label(&split, &groups, 1, GoldFrom::CrossFitted)
+                .unwrap()
+                .own,
+            votes
+        );
         let lfs = WeakLabeler {
             kind: WeakKind::Lfs(3),
             ..labeler
         };
-        let votes = lfs.label(&split, &groups, 1).unwrap();
+        let votes = lfs.label(&split, &groups, 1, GoldFrom::HeldOut).unwrap();
+        assert!(votes.passes.is_empty(), "noise has no folds");
+        let votes = votes.own;
         let n_votes: usize = votes.values().map(|v| v.len()).sum();
         assert!(n_votes > 3000 && n_votes < 10000, "{n_votes}");
         assert!(votes.values().any(|v| v.is_empty()), "functions abstain");
+    }
+
+    #[test]
+    fn held_out_gold_is_labelled_by_a_model_that_never_saw_any_gold() {
+        let rows: Vec<Row> = (0..600)
+            .map(|i| Row {
+                id: format!("r{i}"),
+                text: if i % 2 == 0 {
+                    "a good film"
+                } else {
+                    "a bad film"
+                }
+                .into(),
+                label: i % 2,
+                label_names: vec![],
+                group: None,
+            })
+            .collect();
+        let split = Split {
+            weak_train: (0..300).collect(),
+            strong_train: (300..500).collect(),
+            test: (500..600).collect(),
+        };
+        let groups: Vec<u64> = (0..600).collect();
+        let labeler = WeakLabeler {
+            kind: WeakKind::Bow,
+            rows: &rows,
+            k: 2,
+            layer_embeddings: None,
+            bow: rows.iter().map(|r| bow::features(&r.text)).collect(),
+        };
+        let crossed = labeler
+            .label(&split, &groups, 1, GoldFrom::CrossFitted)
+            .unwrap();
+        assert_eq!(
+            crossed.own.len(),
+            600,
+            "every row, each by a model without its fold"
+        );
+        // Each fold's model labels all of strong-train, and a row's own votes are its
+        // fold's model's.
+        assert_eq!(crossed.passes.len(), 5);
+        for (f, pass) in crossed.passes.iter().enumerate() {
+            assert_eq!(pass.len(), 200);
+            for r in (300..500).filter(|&r| fold_of(groups[r]) == f) {
+                assert_eq!(pass[&r], crossed.own[&r]);
+            }
+        }
+        let held = labeler
+            .label(&split, &groups, 1, GoldFrom::HeldOut)
+            .unwrap();
+        assert!(held.passes.is_empty());
+        let held = held.own;
+        let gold: Vec<usize> = (0..300).filter(|&r| in_gold_fold(groups[r])).collect();
+        assert_eq!(gold.len(), 60);
+        let mut labelled: Vec<usize> = held.keys().copied().collect();
+        labelled.sort_unstable();
+        let expected: Vec<usize> = gold.iter().copied().chain(300..600).collect();
+        assert_eq!(
+            labelled, expected,
+            "the weak model's training rows get no votes"
+        );
+        // The model learned the task from the other four fifths.
+        let right = expected
+            .iter()
+            .filter(|&&r| crate::method::weak::argmax(&held[&r][0].scores) == Some(rows[r].label))
+            .count();
+        assert_eq!(right, expected.len());
     }
 }
