@@ -15,31 +15,34 @@ use super::Ctx;
 use crate::graph::ClassBalance;
 use crate::method::label_model::Vote;
 
-/// The weak labels pass `f` smooths with: fold `f`'s model's on strong-train and on its own
-/// gold fold (the latter from `own`); the other gold folds, which that model trained on, and
-/// the `blank` rows unlabelled.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn pass_labels(
+/// The votes pass `f` smooths with, by pool row: fold `f`'s model's on strong-train and on
+/// its own gold fold (the latter from `own`); none for the other gold folds, which that
+/// model trained on.
+pub(crate) fn pass_votes<'a>(
     f: usize,
-    gold: &[usize],
-    strong: &[usize],
-    groups: &[u64],
-    own: &HashMap<usize, Vec<Vote>>,
-    pass: &HashMap<usize, Vec<Vote>>,
+    gold: &'a [usize],
+    strong: &'a [usize],
+    groups: &'a [u64],
+    own: &'a HashMap<usize, Vec<Vote>>,
+    pass: &'a HashMap<usize, Vec<Vote>>,
+) -> impl Iterator<Item = (usize, Option<&'a Vec<Vote>>)> + 'a {
+    gold.iter()
+        .map(move |&r| (r, own.get(&r).filter(|_| fold_of(groups[r]) == f)))
+        .chain(strong.iter().map(move |&r| (r, pass.get(&r))))
+}
+
+/// The weak labels one smoothing pass names, by example id: `aggregate` of each row's
+/// votes; none for rows without votes and for the `blank` rows.
+pub(crate) fn weak_labels<'a>(
+    votes: impl Iterator<Item = (usize, Option<&'a Vec<Vote>>)>,
     blank: &HashSet<usize>,
     aggregate: &dyn Fn(&[Vote]) -> Option<Vec<f32>>,
 ) -> HashMap<i64, Option<Vec<f32>>> {
-    let label = |r: usize, votes: Option<&Vec<Vote>>| {
-        let y = if blank.contains(&r) {
-            None
-        } else {
-            votes.and_then(|v| aggregate(v))
-        };
-        (r as i64, y)
-    };
-    gold.iter()
-        .map(|&r| label(r, own.get(&r).filter(|_| fold_of(groups[r]) == f)))
-        .chain(strong.iter().map(|&r| label(r, pass.get(&r))))
+    votes
+        .map(|(r, v)| {
+            let y = v.filter(|_| !blank.contains(&r)).and_then(|v| aggregate(v));
+            (r as i64, y)
+        })
         .collect()
 }
 
@@ -55,30 +58,14 @@ impl Ctx<'_> {
     ) -> HashMap<i64, Option<Vec<f32>>> {
         let (gold, strong) = (&self.split.weak_train, &self.split.strong_train);
         if self.passes.is_empty() {
-            let y: HashMap<i64, Option<Vec<f32>>> = gold
-                .iter()
-                .chain(strong)
-                .map(|&r| {
-                    let y = (!blank.contains(&r))
-                        .then(|| self.votes.get(&r).and_then(|v| aggregate(v)))
-                        .flatten();
-                    (r as i64, y)
-                })
-                .collect();
+            let own = gold.iter().chain(strong).map(|&r| (r, self.votes.get(&r)));
+            let y = weak_labels(own, blank, aggregate);
             return self.graph.refined_with(&y, balance, Some(prior));
         }
         let mut out = HashMap::new();
         for (f, pass) in self.passes.iter().enumerate() {
-            let y = pass_labels(
-                f,
-                gold,
-                strong,
-                self.groups,
-                &self.votes,
-                pass,
-                blank,
-                aggregate,
-            );
+            let votes = pass_votes(f, gold, strong, self.groups, &self.votes, pass);
+            let y = weak_labels(votes, blank, aggregate);
             let refined = self.graph.refined_with(&y, balance, Some(prior));
             out.extend(
                 refined
@@ -113,7 +100,8 @@ mod tests {
         let pass: HashMap<usize, Vec<Vote>> = (10..20).map(|r| (r, vote(0))).collect();
         let blank: HashSet<usize> = [7].into_iter().collect();
         let mean = |v: &[Vote]| Some(v[0].scores.clone());
-        let y = pass_labels(2, &gold, &strong, &groups, &own, &pass, &blank, &mean);
+        let votes = pass_votes(2, &gold, &strong, &groups, &own, &pass);
+        let y = weak_labels(votes, &blank, &mean);
         assert_eq!(y.len(), 20, "every pool row is named");
         for r in 0..10 {
             let expected = (r % 5 == 2 && r != 7).then(|| vec![0.0, 1.0]);
