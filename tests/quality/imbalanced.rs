@@ -356,7 +356,67 @@ async fn imbalanced_task(backend: Backend) {
     let (status, sources) = s.get("/v1/tasks/imb/sources").await;
     assert_eq!(status, 200, "{sources}");
     check_sources(&sources, &votes, &truth, &gold);
+    target_precision(&s, &truth, &gold).await;
     s.finish().await;
+}
+
+/// `target_precision = 0.9` set, one more head job: decisions below the fitted threshold
+/// abstain (with the label they would have given) and lead the review queue; the accepted
+/// ones are precise on the examples without gold too.
+async fn target_precision(s: &TestServer, truth: &HashMap<String, usize>, gold: &HashSet<String>) {
+    let (status, body) = s
+        .patch(
+            "/v1/tasks/imb",
+            &json!({"settings": {"target_precision": 0.9}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    run_job(s, "imb", json!({"mode": "head"})).await;
+    settled(s, "imb").await;
+    let (_, report) = s.get("/v1/tasks/imb/report").await;
+    let target = &report["target_precision"];
+    let threshold = target["threshold"].as_f64().expect("a fitted threshold");
+    // On gold (out of fold) the accepted decisions reach the target by construction.
+    assert!(target["precision"].as_f64().unwrap() >= 0.9, "{target:#}");
+    let examples = all_examples(s, "imb").await;
+    let (mut accepted, mut right, mut abstained) = (0usize, 0usize, 0usize);
+    for e in examples
+        .iter()
+        .filter(|e| !gold.contains(e["id"].as_str().unwrap()))
+    {
+        let d = &e["decision"];
+        let confidence = d["confidence"].as_f64().unwrap();
+        if d["source"] == "abstain" {
+            abstained += 1;
+            assert!(
+                d["label"].is_null() && d["suggested_label"].is_string(),
+                "{e}"
+            );
+            assert!(confidence < threshold + 1e-6, "{e} above {threshold}");
+        } else {
+            accepted += 1;
+            right += usize::from(d["label"] == LABELS[truth[e["id"].as_str().unwrap()]]);
+            assert!(confidence >= threshold - 1e-6, "{e} below {threshold}");
+        }
+    }
+    let precision = right as f64 / accepted.max(1) as f64;
+    eprintln!(
+        "target precision 0.9: threshold {threshold:.3}, {accepted} accepted at precision {precision:.3}, {abstained} abstained (gold: {target})"
+    );
+    assert!(accepted > 0 && abstained > 0, "{target:#}");
+    assert!(precision >= 0.85, "accepted precision {precision:.3}");
+    let (status, queue) = s
+        .get(&format!(
+            "/v1/tasks/imb/review_queue?limit={}",
+            abstained.min(20)
+        ))
+        .await;
+    assert_eq!(status, 200, "{queue}");
+    let items = queue["items"].as_array().unwrap();
+    assert!(
+        !items.is_empty() && items.iter().all(|i| i["decision"]["source"] == "abstain"),
+        "abstentions lead the review queue: {queue:#}"
+    );
 }
 
 both_backends!(imbalanced_labels_never_get_worse, super::imbalanced_task);
