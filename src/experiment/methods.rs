@@ -177,6 +177,9 @@ pub struct Run {
     /// The target-precision threshold as fitted on gold, and what it gave on strong-train.
     pub target: Option<PrecisionThreshold>,
     pub seconds: f64,
+    /// Per test row, whether the final model was right (paired comparisons between methods).
+    #[serde(skip)]
+    pub test_right: Vec<bool>,
 }
 
 impl Run {
@@ -222,12 +225,13 @@ impl Run {
         let test = &ctx.split.test;
         let pred: Vec<Option<usize>> = test.iter().map(|&r| argmax(&fitted.probs(r))).collect();
         let gold: Vec<usize> = test.iter().map(|&r| ctx.truth[r]).collect();
-        self.accuracy = pred
+        self.test_right = pred
             .iter()
             .zip(&gold)
-            .filter(|(p, g)| **p == Some(**g))
-            .count() as f64
-            / test.len().max(1) as f64;
+            .map(|(p, g)| *p == Some(*g))
+            .collect();
+        self.accuracy =
+            self.test_right.iter().filter(|r| **r).count() as f64 / test.len().max(1) as f64;
         self.macro_f1 = macro_f1(&pred, &gold, ctx.k);
         self.balanced_accuracy = balanced_accuracy(&pred, &gold, ctx.k);
         self

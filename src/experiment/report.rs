@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::data::{label_names, Row};
 use super::methods::DEFAULT_METHOD;
 use super::{ExperimentArgs, Method, Run};
-use crate::method::metrics::mean_std;
+use crate::method::metrics::{mean_std, paired_difference};
 
 /// Below this gap (ceiling − weak) PGR is noise and is marked as not meaningful.
 pub const MIN_GAP: f64 = 0.03;
@@ -330,7 +330,7 @@ impl Report {
             x.map(|v| format!("{:.1}", 100.0 * v))
                 .unwrap_or_else(|| "–".into())
         };
-        let mut out = "\nPer seed — raw weak labels vs the default decisions (label accuracy on strong-train), naive weak-to-strong vs the default (test accuracy):\n\n| seed | raw weak labels % | default decisions % | naive test % | default test % |".to_string();
+        let mut out = "\nPer seed — raw weak labels vs the default decisions (label accuracy on strong-train), naive weak-to-strong vs the default (test accuracy):\n\n| seed | raw weak labels % | default decisions % | naive test % | default test % | default − naive, points (± paired SE on test) |".to_string();
         let target = self
             .methods
             .iter()
@@ -338,14 +338,17 @@ impl Report {
         if target.is_some() {
             out += " target-precision decisions: precision % (coverage %) |";
         }
-        out += "\n|---|---|---|---|---|";
+        out += "\n|---|---|---|---|---|---|";
         if target.is_some() {
             out += "---|";
         }
         out += "\n";
         for (i, (dr, nr)) in d.runs.iter().zip(&n.runs).enumerate() {
+            let paired = paired_difference(&dr.test_right, &nr.test_right)
+                .map(|(d, se)| format!("{:+.1} (± {:.1})", 100.0 * d, 100.0 * se))
+                .unwrap_or_else(|| "–".into());
             out += &format!(
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {paired} |",
                 i + 1,
                 pct(nr.label_accuracy),
                 pct(dr.label_accuracy),

@@ -123,6 +123,25 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Two models' accuracy difference on the same examples (`a` − `b`, from who was right
+/// where) and its paired standard error: how far apart two models must test before the
+/// test set itself can tell them apart.
+pub fn paired_difference(a: &[bool], b: &[bool]) -> Option<(f64, f64)> {
+    let n = a.len();
+    if n == 0 || n != b.len() {
+        return None;
+    }
+    let (mut only_a, mut only_b) = (0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        only_a += usize::from(x && !y);
+        only_b += usize::from(y && !x);
+    }
+    let n = n as f64;
+    let diff = (only_a as f64 - only_b as f64) / n;
+    let second = (only_a + only_b) as f64 / n;
+    Some((diff, ((second - diff * diff).max(0.0) / n).sqrt()))
+}
+
 /// The standard deviation of the AUROC of an uninformative score (Mann–Whitney under the
 /// null) with `pos` positives and `neg` negatives; 0.5 when a class is empty (nothing to rank).
 pub fn auroc_null_se(pos: usize, neg: usize) -> f64 {
@@ -207,6 +226,18 @@ pub fn precision_coverage(probs: &[f32], outcomes: &[bool], points: usize) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_difference_counts_discordant_pairs() {
+        // 100 examples: both right on 70, only a on 6, only b on 4, both wrong on 20.
+        let a: Vec<bool> = (0..100).map(|i| i < 76).collect();
+        let b: Vec<bool> = (0..100).map(|i| i < 70 || (76..80).contains(&i)).collect();
+        let (d, se) = paired_difference(&a, &b).unwrap();
+        assert!((d - 0.02).abs() < 1e-12);
+        assert!((se - ((0.10f64 - 0.0004) / 100.0).sqrt()).abs() < 1e-12);
+        assert_eq!(paired_difference(&a, &b[..10]), None);
+        assert_eq!(paired_difference(&a, &a), Some((0.0, 0.0)));
+    }
 
     #[test]
     fn auroc_known_values() {
