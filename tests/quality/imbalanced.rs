@@ -380,10 +380,11 @@ async fn target_precision(s: &TestServer, truth: &HashMap<String, usize>, gold: 
     assert!(target["precision"].as_f64().unwrap() >= 0.9, "{target:#}");
     let examples = all_examples(s, "imb").await;
     let (mut accepted, mut right, mut abstained) = (0usize, 0usize, 0usize);
-    for e in examples
-        .iter()
-        .filter(|e| !gold.contains(e["id"].as_str().unwrap()))
-    {
+    for e in &examples {
+        let id = e["id"].as_str().unwrap();
+        if gold.contains(id) {
+            continue;
+        }
         let d = &e["decision"];
         let confidence = d["confidence"].as_f64().unwrap();
         if d["source"] == "abstain" {
@@ -395,7 +396,7 @@ async fn target_precision(s: &TestServer, truth: &HashMap<String, usize>, gold: 
             assert!(confidence < threshold + 1e-6, "{e} above {threshold}");
         } else {
             accepted += 1;
-            right += usize::from(d["label"] == LABELS[truth[e["id"].as_str().unwrap()]]);
+            right += usize::from(d["label"] == LABELS[truth[id]]);
             assert!(confidence >= threshold - 1e-6, "{e} below {threshold}");
         }
     }
