@@ -12,6 +12,8 @@ import os
 import random
 import sys
 
+from task_args import out_and_datasets
+
 
 def rows(path, limit=None):
     with open(path) as f:
@@ -22,12 +24,7 @@ def rows(path, limit=None):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    out = sys.argv[1]
-    here = os.path.dirname(os.path.abspath(__file__))
-    data = sys.argv[2] if len(sys.argv) > 2 else os.environ.get(
-        "SW2S_DATASETS", os.path.join(here, "..", "..", "shared", "datasets"))
+    out, data = out_and_datasets(__doc__)
     sst = list(rows(os.path.join(data, "sst2", "train.jsonl"), 20000))
     sciq = [r for split in ("validation", "test")
             for r in rows(os.path.join(data, "sciq_support", f"{split}.jsonl"))]

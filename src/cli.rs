@@ -75,7 +75,10 @@ pub struct ModelArgs {
     /// (SmolLM2-135M-Instruct, GGUF Q4_1), `gemma3-270m` (Gemma 3 270M, GGUF Q4_K_M).
     #[arg(long, env = "SW2S_MODEL")]
     pub model: Option<String>,
-    /// What to do with a text longer than the model's maximum length.
+    /// What `/v1/embed` does with a text longer than the model's maximum length (`truncate`:
+    /// the first tokens, as sentence-transformers does), and whether such texts are accepted
+    /// at all (`refuse`: 422). A task reads its long texts as its `long_texts` setting says
+    /// (default: whole); `sw2s experiment` as its `--long-texts` says.
     #[arg(long, env = "SW2S_ON_OVERLONG", value_enum, default_value_t = Overlong::Truncate)]
     pub on_overlong: Overlong,
     /// Compute threads for the model (default: all cores).
@@ -259,6 +262,10 @@ pub struct ExperimentArgs {
     /// Only these methods (comma-separated names from the table); default all.
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
+    /// Texts longer than the model's window, as the task setting `long_texts`: `chunk` (read
+    /// whole, the mean of overlapping windows; the default) or `truncate` (the first window).
+    #[arg(long, value_enum, default_value_t = crate::service::settings::LongTexts::Chunk)]
+    pub long_texts: crate::service::settings::LongTexts,
     #[command(flatten)]
     pub model: ModelArgs,
 }

@@ -77,7 +77,7 @@ pub struct Info {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
     pub max_queue_texts: usize,
-    /// `truncate` or `refuse`: what happens to texts over `model.max_length` tokens.
+    /// `truncate`, `refuse` or `chunk`: what happens to texts over `model.max_length` tokens.
     pub on_overlong: crate::model::Overlong,
 }
 

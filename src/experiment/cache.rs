@@ -40,14 +40,20 @@ pub fn cached_embeddings(
     let model = model()?;
     let mut out = vec![Vec::new(); tokenized.len()];
     let mut order: Vec<usize> = (0..tokenized.len()).collect();
-    order.sort_by_key(|&i| tokenized[i].len());
+    order.sort_by_key(|&i| tokenized[i].total_len());
     progress.set_length(tokenized.len() as u64);
     progress.set_position(0);
     progress.set_message(match key.layers {
         Some(n) => format!("embedding (first {n} layers)"),
         None => "embedding".to_string(),
     });
-    for chunk in order.chunks(32) {
+    // The server's batch limits, so that texts cut into many windows come a few at a time.
+    let batches = crate::model::worker::plan_batches(
+        &order,
+        |&i| tokenized[i].total_len(),
+        &crate::model::worker::BatchConfig::default(),
+    );
+    for chunk in batches {
         let batch: Vec<&Encoded> = chunk.iter().map(|&i| &tokenized[i]).collect();
         let vectors = model.embed(&batch)?;
         for (&i, v) in chunk.iter().zip(vectors) {

@@ -158,8 +158,31 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
         );
     }
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-    let tokenized = encoder.tokenizer.tokenize(&texts, Overlong::Truncate)?;
-    let sha = encoder.info.features_id();
+    let overlong = args.long_texts.overlong();
+    let tokenized = encoder.tokenizer.tokenize(&texts, overlong)?;
+    let long = tokenized
+        .iter()
+        .filter(|e| e.truncated || !e.overflow.is_empty())
+        .count();
+    if long > 0 {
+        tracing::info!(
+            "{long} of {} texts are longer than the model's {} tokens: {}",
+            texts.len(),
+            encoder.info.max_length,
+            match overlong {
+                Overlong::Chunk => "each is embedded as the mean of its windows",
+                _ => "only their first tokens are embedded (--long-texts chunk embeds all)",
+            }
+        );
+    }
+    // Chunked features differ from truncated ones only for long texts, and the cache must
+    // not hand one out for the other.
+    let chunked = tokenized.iter().any(|e| !e.overflow.is_empty());
+    let sha = if chunked {
+        format!("{}:chunk", encoder.info.features_id())
+    } else {
+        encoder.info.features_id()
+    };
     let cache_dir = args.model.data_dir.join("experiment-cache");
     let texts_key = texts.join("\u{1}");
     let key = |layers| cache::CacheKey {

@@ -34,6 +34,21 @@ pub enum Overlong {
     Truncate,
     /// Reject the request with 422.
     Refuse,
+    /// Embed the whole text: cut it into windows of the model's length that overlap by an
+    /// eighth, embed each and average them weighted by their tokens (re-normalised when the
+    /// model's features are unit vectors). A text that fits is embedded exactly as under
+    /// `truncate`.
+    Chunk,
+}
+
+impl Overlong {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Truncate => "truncate",
+            Self::Refuse => "refuse",
+            Self::Chunk => "chunk",
+        }
+    }
 }
 
 /// What `/info` and model manifests say about the encoder.
@@ -105,11 +120,25 @@ pub struct Encoded {
     pub type_ids: Vec<u32>,
     /// The text was longer than the model's maximum and was cut.
     pub truncated: bool,
+    /// Under `Overlong::Chunk`, the windows after the first (each with its special tokens);
+    /// the text's features are the token-weighted mean over all its windows.
+    pub overflow: Vec<Encoded>,
 }
 
 impl Encoded {
+    /// Tokens in the first window.
     pub fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Tokens over all windows: what embedding the text costs.
+    pub fn total_len(&self) -> usize {
+        self.ids.len() + self.overflow.iter().map(|w| w.ids.len()).sum::<usize>()
+    }
+
+    /// Every window of the text, the first one first.
+    pub fn windows(&self) -> impl Iterator<Item = &Encoded> {
+        std::iter::once(self).chain(self.overflow.iter())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,7 +155,17 @@ impl Encoded {
             self.ids[max - 1] = last;
             self.truncated = true;
         }
+        if !self.overflow.is_empty() {
+            self.overflow.clear();
+            self.truncated = true;
+        }
     }
+}
+
+/// Tokens a window repeats from the one before it under `Overlong::Chunk` (an eighth of the
+/// model's length, and always fewer than the window holds besides its special tokens).
+fn chunk_stride(max_length: usize) -> usize {
+    (max_length / 8).min(max_length.saturating_sub(8) / 2)
 }
 
 /// A text over the model's maximum length under `--on-overlong refuse`.
@@ -161,7 +200,9 @@ impl TextTokenizer {
             .with_truncation(Some(TruncationParams {
                 max_length,
                 strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
+                // Windows after the first (kept only under `Overlong::Chunk`) repeat the
+                // previous window's last eighth, so no sentence is only ever seen cut.
+                stride: chunk_stride(max_length),
                 ..Default::default()
             }))
             .map_err(|e| anyhow::anyhow!("configuring truncation: {e}"))?;
@@ -186,7 +227,7 @@ impl TextTokenizer {
                         + enc
                             .get_overflowing()
                             .iter()
-                            .map(|o| o.len().saturating_sub(2))
+                            .map(|o| o.len().saturating_sub(2 + chunk_stride(self.max_length)))
                             .sum::<usize>();
                     return Err(OverlongText {
                         index,
@@ -195,10 +236,24 @@ impl TextTokenizer {
                     }
                     .into());
                 }
+                let overflow = if overlong == Overlong::Chunk {
+                    enc.get_overflowing()
+                        .iter()
+                        .map(|o| Encoded {
+                            ids: o.get_ids().to_vec(),
+                            type_ids: o.get_type_ids().to_vec(),
+                            truncated: false,
+                            overflow: vec![],
+                        })
+                        .collect()
+                } else {
+                    vec![]
+                };
                 Ok(Encoded {
                     ids: enc.get_ids().to_vec(),
                     type_ids: enc.get_type_ids().to_vec(),
-                    truncated,
+                    truncated: truncated && overlong != Overlong::Chunk,
+                    overflow,
                 })
             })
             .collect()
@@ -501,4 +556,106 @@ pub fn embed_batch(
     let (ids, types, mask) = batch_tensors(batch, device)?;
     bert.embed(&ids, &types, &mask, Pass::Inference)?
         .to_vec2::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::write_tiny_bert;
+
+    /// The tiny BERT's character-level tokenizer, cut at 16 tokens (stride 2).
+    fn tiny() -> (tempfile::TempDir, TextTokenizer) {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_bert(dir.path(), 1).unwrap();
+        let tokenizer = TextTokenizer::load(dir.path(), 16).unwrap();
+        (dir, tokenizer)
+    }
+
+    const LONG: &str = "abcdefghij klmnopqrst uvwxyzabcd efghijklmn";
+
+    #[test]
+    fn chunk_keeps_every_token_in_overlapping_windows() {
+        let (_dir, tokenizer) = tiny();
+        let whole = TextTokenizer::load(_dir.path(), 64).unwrap();
+        let all = &whole.tokenize(&[LONG], Overlong::Truncate).unwrap()[0];
+        assert!(!all.truncated && all.len() == 42, "{}", all.len());
+        let cut = &tokenizer.tokenize(&[LONG], Overlong::Truncate).unwrap()[0];
+        let chunked = &tokenizer.tokenize(&[LONG], Overlong::Chunk).unwrap()[0];
+        assert!(cut.truncated && cut.overflow.is_empty());
+        assert!(!chunked.truncated);
+        assert_eq!(
+            chunked.ids, cut.ids,
+            "the first window is the truncated text"
+        );
+        let stride = chunk_stride(16);
+        assert_eq!(stride, 2);
+        // Each window is [CLS] … [SEP] within the limit; dropping the repeated `stride`
+        // tokens, the windows' contents put together are the whole text's.
+        let mut content: Vec<u32> = vec![];
+        for (n, w) in chunked.windows().enumerate() {
+            assert!(w.len() <= 16 && w.ids[0] == 2 && *w.ids.last().unwrap() == 3);
+            let inner = &w.ids[1..w.len() - 1];
+            content.extend_from_slice(if n == 0 { inner } else { &inner[stride..] });
+        }
+        assert_eq!(content, all.ids[1..all.len() - 1]);
+        assert_eq!(
+            chunked.total_len(),
+            chunked.windows().map(|w| w.len()).sum::<usize>()
+        );
+        // A text that fits is the same under every mode.
+        let short = &tokenizer.tokenize(&["abc"], Overlong::Chunk).unwrap()[0];
+        assert!(short.overflow.is_empty() && !short.truncated && short.len() == 5);
+    }
+
+    #[test]
+    fn refuse_counts_the_whole_text() {
+        let (_dir, tokenizer) = tiny();
+        let err = tokenizer
+            .tokenize(&["ab", LONG], Overlong::Refuse)
+            .unwrap_err()
+            .downcast::<OverlongText>()
+            .unwrap();
+        assert_eq!((err.index, err.tokens, err.max), (1, 42, 16));
+    }
+
+    #[test]
+    fn a_chunked_text_is_the_mean_of_its_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_bert(dir.path(), 3).unwrap();
+        let encoder = Encoder::load(dir.path()).unwrap();
+        let tokenizer = TextTokenizer::load(dir.path(), 16).unwrap();
+        let chunked = &tokenizer.tokenize(&[LONG], Overlong::Chunk).unwrap()[0];
+        // Each window on its own (the first without the windows after it).
+        let owned: Vec<Encoded> = chunked
+            .windows()
+            .map(|w| Encoded {
+                overflow: vec![],
+                ..w.clone()
+            })
+            .collect();
+        let windows: Vec<&Encoded> = owned.iter().collect();
+        let each = encoder.backbone.embed(&windows).unwrap();
+        let parts: Vec<(Vec<f32>, usize)> = each
+            .into_iter()
+            .zip(windows.iter().map(|w| w.len()))
+            .collect();
+        let want = super::super::backbone::pool_windows(&parts);
+        let got = encoder.backbone.embed(&[chunked]).unwrap();
+        assert_eq!(got.len(), 1);
+        let norm: f32 = got[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        for (a, b) in got[0].iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        // Beside a short text in the same batch, each keeps its own features.
+        let short = &tokenizer.tokenize(&["abc"], Overlong::Chunk).unwrap()[0];
+        let both = encoder.backbone.embed(&[short, chunked]).unwrap();
+        let alone = encoder.backbone.embed(&[short]).unwrap();
+        for (a, b) in both[0].iter().zip(&alone[0]) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        for (a, b) in both[1].iter().zip(&got[0]) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
 }

@@ -594,6 +594,7 @@ mod tests {
             ids: vec![1, 1_000_000, 2],
             type_ids: vec![0, 0, 0],
             truncated: false,
+            overflow: vec![],
         };
         assert!(packed.embed(&[&bad]).is_err());
         assert!(packed.embed(&[]).unwrap().is_empty());

@@ -497,6 +497,7 @@ mod tests {
             ids: ids.to_vec(),
             type_ids: vec![0; ids.len()],
             truncated: false,
+            overflow: vec![],
         }
     }
 

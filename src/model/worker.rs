@@ -190,12 +190,12 @@ fn run_group(model: &Backbone, mut jobs: Vec<Job>, config: &BatchConfig) {
         .enumerate()
         .flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i)))
         .collect();
-    order.sort_by_key(|&(j, i)| jobs[j].items[i].len());
+    order.sort_by_key(|&(j, i)| jobs[j].items[i].total_len());
     let mut results: Vec<Vec<Option<Vec<f32>>>> =
         jobs.iter().map(|job| vec![None; job.items.len()]).collect();
     let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
 
-    for batch in plan_batches(&order, |&(j, i)| jobs[j].items[i].len(), config) {
+    for batch in plan_batches(&order, |&(j, i)| jobs[j].items[i].total_len(), config) {
         // A caller may give up while earlier batches run.
         let batch: Vec<(usize, usize)> = batch
             .iter()

@@ -171,7 +171,9 @@ impl Service {
         let texts: Vec<&str> = fresh.iter().map(|&i| parsed[i].text).collect();
         let encoded = self
             .model
-            .tokenize(&texts, &|n| format!("examples[{}].text", fresh[n]))?;
+            .tokenize_for_task(&texts, task.settings.long_texts, &|n| {
+                format!("examples[{}].text", fresh[n])
+            })?;
         let (model, encoder_id) = self.task_encoder(&task).await?;
         let started = record_phase("tokenize", started);
         let vectors = self.model.worker.try_embed(&model, encoded).await?;

@@ -97,11 +97,34 @@ impl Model {
         }
     }
 
-    /// Tokenizes request texts; an over-long text is a 422 under `--on-overlong refuse`,
-    /// naming the text with `name(index)`.
+    /// Tokenizes request texts as the server's `--on-overlong` says (`/v1/embed`); an
+    /// over-long text is a 422 under `refuse`, naming the text with `name(index)`.
     pub fn tokenize(&self, texts: &[&str], name: &dyn Fn(usize) -> String) -> Result<Vec<Encoded>> {
+        self.tokenize_as(texts, self.overlong, name)
+    }
+
+    /// Tokenizes a task's texts: as its `long_texts` setting says, unless the server refuses
+    /// over-long texts.
+    pub fn tokenize_for_task(
+        &self,
+        texts: &[&str],
+        long_texts: crate::service::settings::LongTexts,
+        name: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<Encoded>> {
+        let overlong = match self.overlong {
+            Overlong::Refuse => Overlong::Refuse,
+            _ => long_texts.overlong(),
+        };
+        self.tokenize_as(texts, overlong, name)
+    }
+
+    fn tokenize_as(
+        &self,
+        texts: &[&str],
+        overlong: Overlong,
+        name: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<Encoded>> {
         let tokenizer = self.tokenizer.clone();
-        let overlong = self.overlong;
         tokio::task::block_in_place(|| tokenizer.tokenize(texts, overlong)).map_err(|e| {
             match e.downcast::<crate::model::encoder::OverlongText>() {
                 Ok(o) => Error::invalid(

@@ -24,6 +24,10 @@ pub struct EmbedResponse {
     pub dims: usize,
     /// Indexes of texts cut to the model's maximum length.
     pub truncated: Vec<usize>,
+    /// Indexes of texts over the model's maximum length embedded whole, as the mean of their
+    /// windows (`--on-overlong chunk`).
+    #[serde(default)]
+    pub chunked: Vec<usize>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -69,12 +73,11 @@ impl Service {
         self.check_texts(&req.texts)?;
         let texts: Vec<&str> = req.texts.iter().map(|s| s.as_str()).collect();
         let encoded = self.model.tokenize(&texts, &|i| format!("texts[{i}]"))?;
-        let truncated = encoded
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.truncated)
-            .map(|(i, _)| i)
-            .collect();
+        let indexes = |keep: &dyn Fn(&crate::model::Encoded) -> bool| -> Vec<usize> {
+            (0..encoded.len()).filter(|&i| keep(&encoded[i])).collect()
+        };
+        let truncated = indexes(&|e| e.truncated);
+        let chunked = indexes(&|e| !e.overflow.is_empty());
         let embeddings = self
             .model
             .worker
@@ -85,6 +88,7 @@ impl Service {
             model: self.model.info.model_id.clone(),
             dims: self.model.info.dims,
             truncated,
+            chunked,
         })
     }
 
@@ -113,7 +117,9 @@ impl Service {
             });
         };
         let texts: Vec<&str> = req.texts.iter().map(|s| s.as_str()).collect();
-        let encoded = self.model.tokenize(&texts, &|i| format!("texts[{i}]"))?;
+        let encoded = self
+            .model
+            .tokenize_for_task(&texts, task.settings.long_texts, &|i| format!("texts[{i}]"))?;
         let embeddings = self
             .model
             .worker

@@ -90,6 +90,26 @@ impl JobMode {
     }
 }
 
+/// How a task's texts longer than the model's window become features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LongTexts {
+    /// Read whole: the token-weighted mean of overlapping windows (README, "Long texts").
+    Chunk,
+    /// The first window only, as sentence-transformers does.
+    Truncate,
+}
+
+impl LongTexts {
+    /// How the tokenizer treats such a text for this task, on a server that accepts it.
+    pub fn overlong(self) -> crate::model::Overlong {
+        match self {
+            Self::Chunk => crate::model::Overlong::Chunk,
+            Self::Truncate => crate::model::Overlong::Truncate,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskSettings {
@@ -136,6 +156,10 @@ pub struct TaskSettings {
     pub pik_features: PikFeatures,
     pub targets: Targets,
     pub train_on: TrainOn,
+    /// Texts longer than the model's window: `chunk` (read whole, the mean of overlapping
+    /// windows) or `truncate` (the first window). A server run with `--on-overlong refuse`
+    /// refuses them instead.
+    pub long_texts: LongTexts,
     /// Mode of jobs started by the schedule or the new-example trigger.
     pub job_mode: JobMode,
     /// Start a job after this many new examples (none: off).
@@ -197,6 +221,7 @@ impl Default for TaskSettings {
             pik_features: PikFeatures::Probs,
             targets: Targets::Hard,
             train_on: TrainOn::Decided,
+            long_texts: LongTexts::Chunk,
             job_mode: JobMode::Head,
             job_every_new_examples: None,
             job_every_new_gold: None,

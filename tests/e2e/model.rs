@@ -140,25 +140,95 @@ async fn batching_is_invisible_to_results() {
     }
 }
 
-/// The tokenizer's built-in fixed padding/truncation is replaced by the model's limit.
+/// The tokenizer's built-in fixed padding/truncation is replaced by the model's limit. A
+/// longer text is cut by `/v1/embed` (as sentence-transformers does), read whole by a task
+/// (the mean of its windows; the task setting `long_texts`), and refused by setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlong_texts_are_truncated_or_refused_by_setting() {
+async fn overlong_texts_are_chunked_truncated_or_refused_by_setting() {
     let long = "word ".repeat(80);
+    let short = "hello there, this has more than sixteen tokens in it";
+    let texts = json!({ "texts": [short, long] });
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let vectors = |body: &Value| -> Vec<Vec<f32>> {
+        serde_json::from_value(body["embeddings"].clone()).unwrap()
+    };
+
+    let s = TestServer::start(
+        Options::new(Backend::Sqlite, ModelKind::Tiny).flag("on-overlong", "chunk"),
+    )
+    .await
+    .unwrap();
+    let (_, info) = s.get("/info").await;
+    assert_eq!(info["on_overlong"], "chunk", "{info}");
+    let (status, body) = s.post("/v1/embed", &texts).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["truncated"], json!([]));
+    assert_eq!(body["chunked"], json!([1]));
+    let whole = vectors(&body);
+    let norm: f32 = whole[1].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    s.finish().await;
+
+    // The default server: /v1/embed cuts; tasks read long texts whole unless set otherwise.
     let s = TestServer::start(Options::new(Backend::Sqlite, ModelKind::Tiny))
         .await
         .unwrap();
-    let (status, body) = s
-        .post(
-            "/v1/embed",
-            &json!({"texts": ["hello there, this has more than sixteen tokens in it", long]}),
-        )
-        .await;
+    let (_, info) = s.get("/info").await;
+    assert_eq!(info["on_overlong"], "truncate", "{info}");
+    let (status, body) = s.post("/v1/embed", &texts).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["truncated"],
         json!([1]),
         "only the text over 64 tokens is cut, not the one over 16"
     );
+    assert_eq!(body["chunked"], json!([]));
+    let cut = vectors(&body);
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        diff(&whole[0], &cut[0]) < 1e-5,
+        "a text that fits is the same"
+    );
+    assert!(
+        diff(&whole[1], &cut[1]) > 1e-3,
+        "the rest of the text counts"
+    );
+    for (name, settings, want) in [
+        ("whole", json!({}), cosine(&whole[0], &whole[1])),
+        (
+            "cut",
+            json!({"long_texts": "truncate"}),
+            cosine(&cut[0], &cut[1]),
+        ),
+    ] {
+        let (status, body) = s
+            .post(
+                "/v1/tasks",
+                &json!({"name": name, "labels": ["a", "b"], "settings": settings}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = s
+            .post(
+                &format!("/v1/tasks/{name}/examples"),
+                &json!({"examples": [{"id": "1", "text": short}, {"id": "2", "text": long}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (_, example) = s.get(&format!("/v1/tasks/{name}/examples/2")).await;
+        let got = example["neighbours"][0]["similarity"].as_f64().unwrap() as f32;
+        assert!(
+            (got - want).abs() < 1e-4,
+            "{name}: similarity {got}, want {want}"
+        );
+    }
+    let (_, task) = s.get("/v1/tasks/whole").await;
+    assert_eq!(task["settings"]["long_texts"], "chunk", "{task}");
     s.finish().await;
 
     let s = TestServer::start(
@@ -424,6 +494,7 @@ fn candle_transformers_encoders_match_transformers() {
                 ids: ids.clone(),
                 type_ids: vec![0; ids.len()],
                 truncated: false,
+                overflow: vec![],
             })
             .collect();
         let refs: Vec<&sw2s::model::Encoded> = encoded.iter().collect();

@@ -115,20 +115,22 @@ impl Service {
         Ok(encoded)
     }
 
-    /// Embeds every example of the task with `model`, with progress.
-    /// Stored texts through `model` on the model thread (cut to its length, as at ingest).
+    /// A task's stored texts through `model` on the model thread, long ones as the task's
+    /// `long_texts` says (stored texts were accepted, so `refuse` does not apply to them).
     pub(super) async fn embed_stored(
         &self,
+        task: &TaskCtx,
         model: &Arc<crate::model::Backbone>,
         texts: &[&str],
     ) -> Result<Vec<Vec<f32>>> {
         let encoded = self
             .model
             .tokenizer
-            .tokenize(texts, crate::model::Overlong::Truncate)?;
+            .tokenize(texts, task.settings.long_texts.overlong())?;
         Ok(self.model.worker.embed(model, encoded).await?)
     }
 
+    /// Embeds every example of the task with `model`, with progress.
     pub(super) async fn embed_task(
         &self,
         task: &TaskCtx,
@@ -149,7 +151,7 @@ impl Service {
         while let Some(rows) = pages.try_next().await? {
             progress.check()?;
             let refs: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-            let vectors = self.embed_stored(model, &refs).await?;
+            let vectors = self.embed_stored(task, model, &refs).await?;
             out.extend(rows.iter().map(|r| r.id).zip(vectors));
             progress.set(json!({ "done": out.len(), "total": total }));
         }

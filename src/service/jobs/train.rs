@@ -150,7 +150,7 @@ impl Service {
             let ids: Vec<i64> = chunk.iter().map(|&i| data.ids[i]).collect();
             let texts = self.texts(&ids).await?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let vectors = self.embed_stored(backbone, &refs).await?;
+            let vectors = self.embed_stored(task, backbone, &refs).await?;
             let embeddings: HashMap<i64, Vec<f32>> = ids.iter().copied().zip(vectors).collect();
             let mut tx = self.store.begin_task_write(task.id).await?;
             super::publish::write_embeddings(&mut tx, &embeddings, encoder_id).await?;
