@@ -177,8 +177,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
     }
     // Chunked features differ from truncated ones only for long texts, and the cache must
     // not hand one out for the other.
-    let chunked = tokenized.iter().any(|e| !e.overflow.is_empty());
-    let sha = if chunked {
+    let sha = if overlong == Overlong::Chunk && long > 0 {
         format!("{}:chunk", encoder.info.features_id())
     } else {
         encoder.info.features_id()

@@ -41,16 +41,6 @@ pub enum Overlong {
     Chunk,
 }
 
-impl Overlong {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Truncate => "truncate",
-            Self::Refuse => "refuse",
-            Self::Chunk => "chunk",
-        }
-    }
-}
-
 /// What `/info` and model manifests say about the encoder.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct ModelInfo {

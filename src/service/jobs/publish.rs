@@ -102,16 +102,7 @@ impl Service {
             .model
             .tokenizer
             .tokenize(&refs, crate::model::Overlong::Truncate)?;
-        for e in &mut encoded {
-            if e.ids.len() > max_tokens {
-                let last = *e.ids.last().unwrap_or(&0);
-                e.ids.truncate(max_tokens);
-                e.type_ids.truncate(max_tokens);
-                if let Some(x) = e.ids.last_mut() {
-                    *x = last;
-                }
-            }
-        }
+        encoded.iter_mut().for_each(|e| e.truncate_to(max_tokens));
         Ok(encoded)
     }
 
