@@ -169,7 +169,8 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SW2S_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Texts waiting for the model before requests are answered 429.
+    /// Texts waiting for the model before requests are answered 429 (a long text read whole
+    /// counts once per window).
     #[arg(long, env = "SW2S_MAX_QUEUE_TEXTS", default_value_t = 4096)]
     pub max_queue_texts: usize,
     /// Most texts the model runs in one batch.
@@ -211,7 +212,9 @@ pub enum LogFormat {
 /// `sw2s experiment`.
 #[derive(Args, Debug, Clone)]
 pub struct ExperimentArgs {
-    /// A JSONL file or a folder of them (id, text, label, label_names, group per line).
+    /// A JSONL file or a folder of them: "text" and "label" (an index from 0, or the label's
+    /// name) per line, optionally "id", "group" (rows of a group stay in one part of the
+    /// split) and "label_names" (../shared/datasets' format).
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, default_value_t = 3)]

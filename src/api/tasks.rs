@@ -44,10 +44,12 @@ pub async fn get_task(
     Ok(ok(state.service.get_task(&task).await?))
 }
 
-/// Change settings (a partial object; a new τ re-scores the task's decisions).
+/// Change settings (a partial object; a new τ re-scores the task's decisions; a new
+/// `long_texts` queues a job re-embedding the long texts, and is refused with 409
+/// `job_active` while another job holds the task).
 #[utoipa::path(patch, path = "/v1/tasks/{task}", tag = "tasks", params(("task" = String, Path)),
     request_body = UpdateTask,
-    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = TaskView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update_task(
     State(state): State<AppState>,
     ApiPath(task): ApiPath<String>,

@@ -5,15 +5,44 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Row {
     pub id: String,
     pub text: String,
     pub label: usize,
-    #[serde(default)]
     pub label_names: Vec<String>,
-    #[serde(default)]
     pub group: Option<String>,
+}
+
+/// A line as written: ../shared's format (`{"id": str, "text": str, "label": int,
+/// "label_names": [str], "group": str}`), or the looser shapes other exports use — no id
+/// (the file and line stand in), numbers for ids and groups, a label by name.
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    id: Option<Scalar>,
+    text: String,
+    label: Scalar,
+    #[serde(default)]
+    label_names: Vec<String>,
+    #[serde(default)]
+    group: Option<Scalar>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Scalar {
+    Index(u64),
+    Name(String),
+}
+
+impl Scalar {
+    fn text(self) -> String {
+        match self {
+            Scalar::Index(n) => n.to_string(),
+            Scalar::Name(s) => s,
+        }
+    }
 }
 
 /// Rows of one JSONL file, or of every `*.jsonl` file of a folder (in name order).
@@ -32,23 +61,84 @@ pub fn load(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Row>> {
     if files.is_empty() {
         bail!("{} holds no .jsonl files", path.display());
     }
-    let mut rows = Vec::new();
-    for file in &files {
+    let mut lines = Vec::new();
+    'files: for file in &files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let row: Row = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a dataset row", file.display(), n + 1))?;
-            rows.push(row);
-            if limit.map(|l| rows.len() >= l).unwrap_or(false) {
-                return check(rows);
+            let at = format!("{}:{}", file.display(), n + 1);
+            let row: Line = serde_json::from_str(line).with_context(|| {
+                format!("{at}: not a dataset row (needs \"text\" and \"label\", an integer from 0 or a label name)")
+            })?;
+            lines.push((at, row));
+            if limit.map(|l| lines.len() >= l).unwrap_or(false) {
+                break 'files;
             }
         }
     }
-    check(rows)
+    check(resolve(lines)?)
+}
+
+/// Turns labels given by name into indices: the order of `label_names` where a row gives
+/// them, else the names sorted (so `--class-ratio`'s "first class" is the first in that
+/// order). A file mixes neither indices with names nor two lists of names.
+fn resolve(lines: Vec<(String, Line)>) -> anyhow::Result<Vec<Row>> {
+    let mut names: Vec<String> = lines
+        .iter()
+        .map(|(_, l)| &l.label_names)
+        .find(|n| !n.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    if let Some((at, l)) = lines
+        .iter()
+        .find(|(_, l)| !l.label_names.is_empty() && l.label_names != names)
+    {
+        bail!(
+            "{at}: label_names {:?} differ from an earlier row's {:?}",
+            l.label_names,
+            names
+        );
+    }
+    let by_name = lines
+        .iter()
+        .any(|(_, l)| matches!(l.label, Scalar::Name(_)));
+    if by_name && names.is_empty() {
+        let mut seen: Vec<String> = lines
+            .iter()
+            .filter_map(|(_, l)| match &l.label {
+                Scalar::Name(s) => Some(s.clone()),
+                Scalar::Index(_) => None,
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        names = seen;
+    }
+    lines
+        .into_iter()
+        .map(|(at, l)| {
+            let label = match &l.label {
+                Scalar::Index(_) if by_name => {
+                    bail!("{at}: a label index where other rows name their label")
+                }
+                Scalar::Index(i) => usize::try_from(*i)?,
+                Scalar::Name(s) => names
+                    .iter()
+                    .position(|n| n == s)
+                    .with_context(|| format!("{at}: label {s:?} is not one of {names:?}"))?,
+            };
+            Ok(Row {
+                id: l.id.map_or_else(|| at.clone(), Scalar::text),
+                text: l.text,
+                label,
+                label_names: names.clone(),
+                group: l.group.map(Scalar::text),
+            })
+        })
+        .collect()
 }
 
 fn check(rows: Vec<Row>) -> anyhow::Result<Vec<Row>> {
@@ -162,6 +252,58 @@ mod tests {
         let ids: Vec<usize> = sub.iter().map(|r| r.id[1..].parse().unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(with_class_ratio(rows, 1.5, None).is_err());
+    }
+
+    fn load_str(jsonl: &str) -> anyhow::Result<Vec<Row>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("rows.jsonl");
+        std::fs::write(&path, jsonl)?;
+        load(&path, None)
+    }
+
+    #[test]
+    fn rows_may_name_their_label_and_leave_out_ids() {
+        // ../shared's shape.
+        let rows = load_str(
+            r#"{"id": "a", "text": "x", "label": 1, "label_names": ["neg", "pos"], "group": "g"}
+{"id": "b", "text": "y", "label": 0, "label_names": ["neg", "pos"]}"#,
+        )
+        .unwrap();
+        assert_eq!((rows[0].label, rows[1].label), (1, 0));
+        assert_eq!(rows[0].group.as_deref(), Some("g"));
+        // Names without a list: sorted; numbers for ids and groups; no id at all.
+        let rows = load_str(
+            r#"{"text": "x", "label": "spam"}
+{"id": 7, "text": "y", "label": "ham", "group": 3}
+
+{"text": "z", "label": "spam"}"#,
+        )
+        .unwrap();
+        assert_eq!(rows.iter().map(|r| r.label).collect::<Vec<_>>(), [1, 0, 1]);
+        assert_eq!(rows[0].label_names, ["ham", "spam"]);
+        assert_eq!(label_names(&rows), ["ham", "spam"]);
+        assert_eq!(rows[1].id, "7");
+        assert_eq!(rows[1].group.as_deref(), Some("3"));
+        assert!(rows[0].id.ends_with("rows.jsonl:1") && rows[2].id.ends_with(":4"));
+        // Names with a list follow the list's order.
+        let rows = load_str(
+            r#"{"text": "x", "label": "pos", "label_names": ["pos", "neg"]}
+{"text": "y", "label": "neg"}"#,
+        )
+        .unwrap();
+        assert_eq!((rows[0].label, rows[1].label), (0, 1));
+        // Mistakes are named with their line.
+        let err = |s: &str| format!("{:#}", load_str(s).unwrap_err());
+        assert!(
+            err(r#"{"text": "x", "label": "a", "label_names": ["b", "c"]}"#)
+                .contains(r#"label "a" is not one of"#)
+        );
+        assert!(
+            err("{\"text\": \"x\", \"label\": \"a\"}\n{\"text\": \"y\", \"label\": 1}")
+                .contains(":2: a label index where other rows name")
+        );
+        assert!(err(r#"{"text": "x", "label": -1}"#).contains(":1: not a dataset row"));
+        assert!(err(r#"{"text": "x", "label": 0}"#).contains("at least two labels"));
     }
 
     #[test]

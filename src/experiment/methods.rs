@@ -127,6 +127,21 @@ pub fn catalogue(target_precision: f64) -> Vec<Method> {
         variant("· always train on the decisions", &|r| {
             r.decision_targets = StageMode::On
         }),
+        // Round 1's method under today's protocol: its smoothing, its selection, no checks
+        // (so "no lower than round 1" compares like with like; round 1's own figures
+        // carried the protocol's leak).
+        variant(
+            "· round 1's recipe (uniform balance; τ rule; no checks)",
+            &|r| {
+                r.source_model = StageMode::Off;
+                r.smoothing = StageMode::On;
+                r.strong = StageMode::On;
+                r.decision_targets = StageMode::On;
+                r.class_balance = ClassBalance::Uniform;
+                r.selection = Selection::Tau;
+                r.tau = None;
+            },
+        ),
         variant("· τ rule with τ fitted (round 1)", &|r| {
             r.selection = Selection::Tau;
             r.tau = None;
@@ -327,4 +342,18 @@ pub fn run_method(method: &Method, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow
     };
     run.seconds = started.elapsed().as_secs_f64();
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_are_unique_and_can_be_given_to_methods() {
+        let names: Vec<String> = catalogue(0.9).iter().map(|m| m.name().into()).collect();
+        // `--methods` splits its value on commas.
+        assert!(names.iter().all(|n| !n.contains(',')), "{names:?}");
+        let unique: HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+    }
 }

@@ -96,21 +96,22 @@ fn selected(args: &ExperimentArgs) -> anyhow::Result<Vec<Method>> {
     if args.methods.is_empty() {
         return Ok(all);
     }
-    let chosen: Vec<Method> = all
+    // A misspelt name would silently drop a row from the table.
+    if let Some(unknown) = args
+        .methods
         .iter()
-        .filter(|m| args.methods.iter().any(|n| n == m.name()))
-        .cloned()
-        .collect();
-    if chosen.is_empty() {
+        .find(|n| !all.iter().any(|m| m.name() == n.as_str()))
+    {
+        let names: Vec<String> = all.iter().map(|m| format!("\"{}\"", m.name())).collect();
         bail!(
-            "--methods matched none of: {}",
-            all.iter()
-                .map(|m| m.name().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "--methods: no method is called \"{unknown}\"; the methods are {}",
+            names.join(", ")
         );
     }
-    Ok(chosen)
+    Ok(all
+        .into_iter()
+        .filter(|m| args.methods.iter().any(|n| n == m.name()))
+        .collect())
 }
 
 fn progress_bar() -> ProgressBar {

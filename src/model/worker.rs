@@ -1,8 +1,9 @@
 //! The model runs on its own thread behind a bounded queue (the text-embeddings-inference
 //! pattern). Requests are split into texts, sorted by length to waste little on padding and
 //! cut into batches of at most `max_batch_size` texts and `max_batch_tokens` padded tokens.
-//! The queue is bounded in texts: when it is full, HTTP callers get 429 at once, while
-//! internal bulk work (jobs, re-scoring) waits for room.
+//! The queue is bounded in model passes — a text counts once per window it is read in, so
+//! a long text read whole holds as much room as the work it brings: when the queue is full,
+//! HTTP callers get 429 at once, while internal bulk work (jobs, re-scoring) waits for room.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -77,7 +78,7 @@ impl ModelWorker {
         self.config
     }
 
-    /// Texts waiting or running.
+    /// Windows (one per short text) waiting or running.
     pub fn queued_texts(&self) -> usize {
         self.config.max_queue_texts - self.permits.available_permits()
     }
@@ -97,7 +98,8 @@ impl ModelWorker {
         if items.is_empty() {
             return Ok(vec![]);
         }
-        let n = items.len().min(self.config.max_queue_texts) as u32;
+        // One request larger than the whole queue still runs, alone.
+        let n = slots(&items).min(self.config.max_queue_texts) as u32;
         let permit = self
             .permits
             .clone()
@@ -121,11 +123,16 @@ impl ModelWorker {
         let mut out = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let part: Vec<Encoded> = items.by_ref().take(chunk).collect();
+            let mut part: Vec<Encoded> = vec![];
+            let mut need = 0;
+            while let Some(next) = items.next_if(|e| part.is_empty() || need + cost(e) <= chunk) {
+                need += cost(&next);
+                part.push(next);
+            }
             let permit = self
                 .permits
                 .clone()
-                .acquire_many_owned(part.len() as u32)
+                .acquire_many_owned(need.min(self.config.max_queue_texts) as u32)
                 .await
                 .map_err(|_| WorkerError::Stopped)?;
             out.extend(self.submit(model, part, permit).await?);
@@ -152,6 +159,15 @@ impl ModelWorker {
         let result = rx.await.map_err(|_| WorkerError::Stopped)?;
         result.map_err(WorkerError::Failed)
     }
+}
+
+/// Queue room a text takes: one model pass per window.
+fn cost(item: &Encoded) -> usize {
+    item.windows().count()
+}
+
+fn slots(items: &[Encoded]) -> usize {
+    items.iter().map(cost).sum()
 }
 
 fn run(rx: mpsc::Receiver<Job>, config: BatchConfig) {

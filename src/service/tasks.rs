@@ -51,6 +51,10 @@ pub struct TaskView {
     pub pending: i64,
     /// Current decisions by source (`undecided` for examples not settled yet).
     pub decisions: BTreeMap<String, i64>,
+    /// The job this request queued: a change of `long_texts` re-embeds the task's texts
+    /// that are over the model's window. Only in the answer to that change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<super::jobs::JobView>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -145,6 +149,7 @@ impl Service {
             gold_examples: counts.gold,
             pending: counts.pending,
             decisions,
+            job: None,
         })
     }
 
@@ -166,8 +171,35 @@ impl Service {
         let settings = merge_settings(&task.settings, Some(&req.settings))?;
         self.check_job_mode(settings.job_mode)?;
         let json = serde_json::to_string(&settings).map_err(|e| Error::Internal(e.into()))?;
+        // Stored embeddings of long texts follow `long_texts`: a change queues their
+        // re-embedding in the same transaction, so it is saved only with its job (409 while
+        // another job holds the task).
+        let reembed = settings.long_texts != task.settings.long_texts;
         let mut tx = self.store.begin_write().await?;
         tasks::update_settings(tx.conn(), task.id, &json, now_ms()).await?;
+        let job = if reembed {
+            let params = serde_json::json!({ "long_texts": settings.long_texts });
+            match crate::store::jobs::insert(
+                tx.conn(),
+                task.id,
+                super::jobs::JobKind::Reembed.as_str(),
+                super::jobs::Trigger::Settings.as_str(),
+                &params.to_string(),
+                None,
+                now_ms(),
+            )
+            .await
+            {
+                Ok(row) => Some(row),
+                Err(e) if is_unique_violation(&e) => {
+                    drop(tx);
+                    return Err(self.job_active(&task).await?);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
         tx.commit().await?;
         let updated = self.task(name).await?;
         // A new τ changes decisions now; graph settings apply at the next graph update.
@@ -175,7 +207,14 @@ impl Service {
             self.rescore_task(&updated, "tau changed", &mut |_, _| {})
                 .await?;
         }
-        self.task_view(updated).await
+        let job = job.map(|row| {
+            tracing::info!(task = %updated.name, job = row.id, "long_texts changed: re-embedding long texts");
+            self.job_view(&updated, row)
+        });
+        Ok(TaskView {
+            job,
+            ..self.task_view(updated).await?
+        })
     }
 
     pub async fn delete_task(&self, name: &str) -> Result<()> {

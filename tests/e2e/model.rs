@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::common::{assert_error, real_model_dir, Backend, ModelKind, Options, TestServer};
+use crate::common::{
+    assert_error, real_model_dir, wait_job, Backend, ModelKind, Options, TestServer,
+};
 use serde_json::{json, Value};
 use sw2s::model::Overlong;
 use sw2s::model::{BatchConfig, Encoder, ModelWorker};
@@ -229,6 +231,38 @@ async fn overlong_texts_are_chunked_truncated_or_refused_by_setting() {
     }
     let (_, task) = s.get("/v1/tasks/whole").await;
     assert_eq!(task["settings"]["long_texts"], "chunk", "{task}");
+    // Changing the setting re-embeds what is stored: the cut text is read whole now, and
+    // only it (the short one embeds the same either way).
+    let (status, body) = s
+        .patch(
+            "/v1/tasks/cut",
+            &json!({"settings": {"long_texts": "chunk"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["settings"]["long_texts"], "chunk", "{body}");
+    assert_eq!(
+        (&body["job"]["mode"], &body["job"]["trigger"]),
+        (&json!("reembed"), &json!("settings")),
+        "{body}"
+    );
+    let job = wait_job(&s, "cut", body["job"]["id"].as_i64().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["metrics"]["reembedded"], 1, "{job}");
+    assert_eq!(job["model_version"], Value::Null, "{job}");
+    let (_, example) = s.get("/v1/tasks/cut/examples/2").await;
+    let got = example["neighbours"][0]["similarity"].as_f64().unwrap() as f32;
+    let want = cosine(&whole[0], &whole[1]);
+    assert!(
+        (got - want).abs() < 1e-4,
+        "after the change: {got}, want {want}"
+    );
+    // Other settings queue nothing.
+    let (status, body) = s
+        .patch("/v1/tasks/cut", &json!({"settings": {"knn_k": 5}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("job").is_none(), "{body}");
     s.finish().await;
 
     let s = TestServer::start(
@@ -268,37 +302,44 @@ async fn overlong_texts_are_chunked_truncated_or_refused_by_setting() {
     s.finish().await;
 }
 
-/// A full queue answers 429 with Retry-After instead of queueing without bound.
+/// A full queue answers 429 with Retry-After instead of queueing without bound; a long text
+/// read whole takes a place per window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_429() {
     let s = TestServer::start(
         Options::new(Backend::Sqlite, ModelKind::Real)
             .flag("max-queue-texts", "16")
-            .flag("max-batch-size", "4"),
+            .flag("max-batch-size", "4")
+            .flag("on-overlong", "chunk"),
     )
     .await
     .unwrap();
+    let sentence = "a rather long sentence to keep the model busy ";
     let heavy: Vec<String> = (0..16)
-        .map(|i| {
-            format!(
-                "{i} {}",
-                "a rather long sentence to keep the model busy ".repeat(12)
-            )
-        })
+        .map(|i| format!("{i} {}", sentence.repeat(12)))
         .collect();
+    assert!(
+        fills_the_queue(&s, json!({"texts": heavy})).await,
+        "no 429 while 16 texts filled the queue"
+    );
+    // One text of about 3,800 tokens: 18 windows of MiniLM's 256, more than the 16 places.
+    let long = sentence.repeat(420);
+    assert!(
+        fills_the_queue(&s, json!({"texts": [long]})).await,
+        "no 429 while one long text's windows filled the queue"
+    );
+    s.finish().await;
+}
+
+/// Sends `body` to /v1/embed and, while it runs, one short text at a time until one is
+/// refused; then checks that `body` still completes and the queue is free again.
+async fn fills_the_queue(s: &TestServer, body: Value) -> bool {
     let client = s.client.clone();
     let url = s.url("/v1/embed");
-    let big = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({"texts": heavy}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let big =
+        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap().status() });
     let mut saw_429 = false;
-    for _ in 0..200 {
+    for _ in 0..500 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let r = s
             .client
@@ -318,7 +359,6 @@ async fn full_queue_answers_429() {
             break;
         }
     }
-    assert!(saw_429, "no 429 while the queue was full");
     assert_eq!(
         big.await.unwrap(),
         200,
@@ -328,7 +368,7 @@ async fn full_queue_answers_429() {
         .post("/v1/embed", &json!({"texts": ["after the rush"]}))
         .await;
     assert_eq!(status, 200);
-    s.finish().await;
+    saw_429
 }
 
 /// Ingest stores the encoder's embedding; predict without a trained version says so.

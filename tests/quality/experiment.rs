@@ -205,11 +205,11 @@ fn layers_weak_model_and_full_mode_run() {
         .unwrap_err()
         .to_string()
         .contains("--weak"));
-    let (bad, _dir) = experiment_args(&["--methods", "nothing"]);
-    assert!(sw2s::experiment::run(&bad)
-        .unwrap_err()
-        .to_string()
-        .contains("matched none"));
+    // A misspelt name among good ones is refused, not dropped from the table.
+    let (bad, _dir) = experiment_args(&["--methods", "weak,nothing"]);
+    let err = sw2s::experiment::run(&bad).unwrap_err().to_string();
+    assert!(err.contains(r#"no method is called "nothing""#), "{err}");
+    assert!(err.contains(r#""naive weak-to-strong""#), "{err}");
 }
 
 #[test]

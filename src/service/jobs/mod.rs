@@ -45,7 +45,8 @@ pub enum JobKind {
     Head,
     /// Encoder fine-tuning.
     Full,
-    /// Re-embedding the task for a version with another encoder, then activating it.
+    /// Re-embedding the task for a version with another encoder, then activating it; or,
+    /// after a change of `long_texts`, re-embedding its texts over the model's window.
     Reembed,
 }
 
@@ -60,6 +61,8 @@ pub enum Trigger {
     Schedule,
     Activate,
     Retry,
+    /// A settings change (`long_texts`).
+    Settings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -94,6 +97,7 @@ text_enum!(Trigger {
     Schedule => "schedule",
     Activate => "activate",
     Retry => "retry",
+    Settings => "settings",
 });
 text_enum!(JobState {
     Queued => "queued",

@@ -56,9 +56,9 @@ impl Service {
         progress: &Arc<Progress>,
     ) -> Result<Finished> {
         let params: Value = serde_json::from_str(&job.params).unwrap_or(json!({}));
-        let version_id = params["version_id"]
-            .as_i64()
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("reembed job without version_id")))?;
+        let Some(version_id) = params["version_id"].as_i64() else {
+            return self.reembed_long_texts(task, progress).await;
+        };
         let version = self.load_version(version_id).await?;
         let embeddings = self.embed_task(task, &version.backbone, progress).await?;
         progress.check()?;
@@ -73,7 +73,67 @@ impl Service {
         let changed = self.rescore_after_publish(task, progress).await;
         Ok(Finished {
             metrics: json!({ "model_version": version.version, "changed_decisions": changed, "reembedded": embeddings.len() }),
-            version_id,
+            version_id: Some(version_id),
+        })
+    }
+
+    /// After a change of the task's `long_texts`: its texts over the model's window are
+    /// embedded again, as the setting now says, with the encoder the task uses (texts that
+    /// fit embed the same either way), and the task is re-scored on a rebuilt graph.
+    async fn reembed_long_texts(
+        self: &Arc<Self>,
+        task: &TaskCtx,
+        progress: &Arc<Progress>,
+    ) -> Result<Finished> {
+        let (backbone, encoder_id) = self.task_encoder(task).await?;
+        let total = crate::store::tasks::counts(self.store.pool(), task.id)
+            .await?
+            .examples;
+        progress.stage("embedding long texts");
+        let pool = self.store.pool();
+        let mut pages = std::pin::pin!(keyset_pages(
+            0,
+            |r: &examples::TextRow| r.id,
+            |a| { examples::texts_page(pool, task.id, a, 256) }
+        ));
+        let (mut seen, mut embeddings) = (0, HashMap::new());
+        while let Some(rows) = pages.try_next().await? {
+            progress.check()?;
+            seen += rows.len();
+            let refs: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+            let windows = self
+                .model
+                .tokenizer
+                .tokenize(&refs, crate::model::Overlong::Chunk)?;
+            let (ids, long): (Vec<i64>, Vec<&str>) = rows
+                .iter()
+                .zip(&windows)
+                .filter(|(_, w)| w.windows().count() > 1)
+                .map(|(r, _)| (r.id, r.text.as_str()))
+                .unzip();
+            if !long.is_empty() {
+                let vectors = self.embed_stored(task, &backbone, &long).await?;
+                embeddings.extend(ids.into_iter().zip(vectors));
+            }
+            progress.set(json!({ "done": seen, "total": total, "long_texts": embeddings.len() }));
+        }
+        progress.check()?;
+        if !embeddings.is_empty() {
+            progress.stage("storing");
+            let mut tx = self.store.begin_task_write(task.id).await?;
+            write_embeddings(&mut tx, &embeddings, &encoder_id).await?;
+            examples::mark_task_dirty(tx.conn(), task.id).await?;
+            tx.commit().await?;
+            self.forget_graph(task.id, true);
+        }
+        let changed = self.rescore_after_publish(task, progress).await;
+        Ok(Finished {
+            metrics: json!({
+                "long_texts": task.settings.long_texts,
+                "reembedded": embeddings.len(),
+                "changed_decisions": changed,
+            }),
+            version_id: None,
         })
     }
 

@@ -16,7 +16,8 @@ use crate::store::{is_unique_violation, now_ms};
 /// What a finished job recorded.
 pub(super) struct Finished {
     pub metrics: Value,
-    pub version_id: i64,
+    /// The version the job published or activated (none: it re-embedded for a setting).
+    pub version_id: Option<i64>,
 }
 
 impl Service {
@@ -77,18 +78,23 @@ impl Service {
             }
             Err(e) if is_unique_violation(&e) => {
                 drop(tx);
-                let active = jobs::active_for_task(self.store.pool(), task.id).await?;
-                Err(Error::Conflict {
-                    code: "job_active",
-                    message: format!(
-                        "task {:?} already has a queued or running job; cancel it or wait",
-                        task.name
-                    ),
-                    details: active.map(|j| json!({ "job": self.job_view(task, j) })),
-                })
+                Err(self.job_active(task).await?)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The 409 for a task that already has a queued or running job, naming it.
+    pub(crate) async fn job_active(&self, task: &TaskCtx) -> Result<Error> {
+        let active = jobs::active_for_task(self.store.pool(), task.id).await?;
+        Ok(Error::Conflict {
+            code: "job_active",
+            message: format!(
+                "task {:?} already has a queued or running job; cancel it or wait",
+                task.name
+            ),
+            details: active.map(|j| json!({ "job": self.job_view(task, j) })),
+        })
     }
 
     pub fn job_view(&self, task: &TaskCtx, row: JobRow) -> JobView {
@@ -288,7 +294,7 @@ impl Service {
                 JobState::Succeeded,
                 Some(done.metrics.to_string()),
                 None,
-                Some(done.version_id),
+                done.version_id,
             ),
             Err(Error::Cancelled) => (
                 JobState::Cancelled,

@@ -305,7 +305,7 @@ impl Service {
                 "stages": [pipeline.source_model.stage, pipeline.smoothing, pipeline.policy.strong, pipeline.decision_targets],
                 "training": training,
             }),
-            version_id,
+            version_id: Some(version_id),
         })
     }
 
