@@ -279,7 +279,8 @@ proptest! {
     ///   with ≥ 99% equal argmax: the worklist stops where F moves by ≤ 1e-3, two hops out;
     /// - the incrementally maintained kNN graph differs from the exact one in at most 0.5% of
     ///   edges (ties at the k-th neighbour aside): a node that should take a new neighbour is
-    ///   found among the new node's 8k nearest, which misses the odd outlier;
+    ///   found among the new node's 16k nearest, which may miss the odd outlier (8k did, in
+    ///   the third case of `tests/proptest-regressions/smoothing.txt`, replayed first);
     /// - against a from-scratch recomputation, 99% of nodes are within 0.02 and ≥ 99% of
     ///   argmaxes agree. (A swapped edge can move one node's label more, so no bound holds for
     ///   the single worst node.)
