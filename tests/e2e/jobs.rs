@@ -114,6 +114,17 @@ async fn queue_rules(s: &TestServer) -> i64 {
     let conflict = s.post("/v1/tasks/t/jobs", &json!({"mode": "full"})).await;
     assert_error(&conflict, 409, "job_active");
     assert_eq!(conflict.1["error"]["details"]["job"]["id"], first["id"]);
+    // A change of long_texts comes with its re-embedding job, so it waits too, unsaved.
+    let conflict = s
+        .patch(
+            "/v1/tasks/t",
+            &json!({"settings": {"long_texts": "truncate"}}),
+        )
+        .await;
+    assert_error(&conflict, 409, "job_active");
+    assert_eq!(conflict.1["error"]["details"]["job"]["id"], first["id"]);
+    let (_, task) = s.get("/v1/tasks/t").await;
+    assert_eq!(task["settings"]["long_texts"], "chunk", "{task}");
     assert_error(
         &s.post("/v1/tasks/t/jobs", &json!({"mode": "sideways"}))
             .await,
