@@ -134,7 +134,7 @@ pub fn run(args: GraphBench) -> anyhow::Result<()> {
         println!(
             "usearch per batch of {} (384-d, add + search {} neighbours each):",
             args.batch,
-            crate::graph::REVERSE_CANDIDATES * args.k + 1
+            crate::graph::reverse_search_count(args.k)
         );
         println!("| index size | build vectors/s | add ms per batch | search ms per batch |");
         println!("|---|---|---|---|");
@@ -170,7 +170,7 @@ pub fn run(args: GraphBench) -> anyhow::Result<()> {
             adds.push(started.elapsed().as_secs_f64() * 1e3);
             let started = Instant::now();
             for v in &batch {
-                index.search(v, crate::graph::REVERSE_CANDIDATES * args.k + 1)?;
+                index.search(v, crate::graph::reverse_search_count(args.k))?;
             }
             searches.push(started.elapsed().as_secs_f64() * 1e3);
         }

@@ -29,7 +29,7 @@ struct Line {
     group: Option<Scalar>,
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum Scalar {
     Index(u64),

@@ -161,10 +161,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<report::Report> {
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let overlong = args.long_texts.overlong();
     let tokenized = encoder.tokenizer.tokenize(&texts, overlong)?;
-    let long = tokenized
-        .iter()
-        .filter(|e| e.truncated || !e.overflow.is_empty())
-        .count();
+    let long = tokenized.iter().filter(|e| e.over_window()).count();
     if long > 0 {
         tracing::info!(
             "{long} of {} texts are longer than the model's {} tokens: {}",

@@ -87,7 +87,12 @@ pub struct UpdateReport {
 /// test data 2k missed ~8% of edges, 4k ~1%; 8k missed 0.6% in one case of the property
 /// test, a node in a sparse region whose new neighbour ranked past 8k from the other side;
 /// 16k none).
-pub const REVERSE_CANDIDATES: usize = 16;
+const REVERSE_CANDIDATES: usize = 16;
+
+/// Neighbours a new node's index search asks for: its reverse candidates and itself.
+pub fn reverse_search_count(k: usize) -> usize {
+    REVERSE_CANDIDATES * k + 1
+}
 
 /// Refined values closer than this to the stored ones are not written back.
 const WRITE_TOLERANCE: f32 = 1e-3;
@@ -375,7 +380,7 @@ impl TaskGraph {
         let k = self.settings.k;
         let mut touched = Vec::new();
         for (node, embedding) in fresh.iter() {
-            let found = self.index.search(embedding, REVERSE_CANDIDATES * k + 1)?;
+            let found = self.index.search(embedding, reverse_search_count(k))?;
             let found: Vec<(u32, f32)> = found
                 .into_iter()
                 .filter_map(|(key, s)| self.nodes.get(&(key as i64)).map(|&n| (n, s)))

@@ -126,6 +126,11 @@ impl Encoded {
         self.ids.len() + self.overflow.iter().map(|w| w.ids.len()).sum::<usize>()
     }
 
+    /// Whether the text is over the model's window (cut, or read in several windows).
+    pub fn over_window(&self) -> bool {
+        self.truncated || !self.overflow.is_empty()
+    }
+
     /// Every window of the text, the first one first.
     pub fn windows(&self) -> impl Iterator<Item = &Encoded> {
         std::iter::once(self).chain(self.overflow.iter())

@@ -179,38 +179,28 @@ impl Service {
         tasks::update_settings(tx.conn(), task.id, &json, now_ms()).await?;
         let job = if reembed {
             let params = serde_json::json!({ "long_texts": settings.long_texts });
-            match crate::store::jobs::insert(
-                tx.conn(),
-                task.id,
-                super::jobs::JobKind::Reembed.as_str(),
-                super::jobs::Trigger::Settings.as_str(),
-                &params.to_string(),
-                None,
-                now_ms(),
+            Some(
+                self.enqueue_job_in(
+                    tx,
+                    &task,
+                    super::jobs::JobKind::Reembed,
+                    super::jobs::Trigger::Settings,
+                    params,
+                    None,
+                )
+                .await?,
             )
-            .await
-            {
-                Ok(row) => Some(row),
-                Err(e) if is_unique_violation(&e) => {
-                    drop(tx);
-                    return Err(self.job_active(&task).await?);
-                }
-                Err(e) => return Err(e.into()),
-            }
         } else {
+            tx.commit().await?;
             None
         };
-        tx.commit().await?;
         let updated = self.task(name).await?;
         // A new τ changes decisions now; graph settings apply at the next graph update.
         if updated.settings.tau != task.settings.tau {
             self.rescore_task(&updated, "tau changed", &mut |_, _| {})
                 .await?;
         }
-        let job = job.map(|row| {
-            tracing::info!(task = %updated.name, job = row.id, "long_texts changed: re-embedding long texts");
-            self.job_view(&updated, row)
-        });
+        let job = job.map(|row| self.job_view(&updated, row));
         Ok(TaskView {
             job,
             ..self.task_view(updated).await?

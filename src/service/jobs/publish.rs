@@ -101,18 +101,19 @@ impl Service {
             progress.check()?;
             seen += rows.len();
             let refs: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-            let windows = self
+            // Tokenized once, as the setting now says; only the texts over the window go on.
+            let encoded = self
                 .model
                 .tokenizer
-                .tokenize(&refs, crate::model::Overlong::Chunk)?;
-            let (ids, long): (Vec<i64>, Vec<&str>) = rows
+                .tokenize(&refs, task.settings.long_texts.overlong())?;
+            let (ids, long): (Vec<i64>, Vec<Encoded>) = rows
                 .iter()
-                .zip(&windows)
-                .filter(|(_, w)| w.windows().count() > 1)
-                .map(|(r, _)| (r.id, r.text.as_str()))
+                .zip(encoded)
+                .filter(|(_, e)| e.over_window())
+                .map(|(r, e)| (r.id, e))
                 .unzip();
             if !long.is_empty() {
-                let vectors = self.embed_stored(task, &backbone, &long).await?;
+                let vectors = self.model.worker.embed(&backbone, long).await?;
                 embeddings.extend(ids.into_iter().zip(vectors));
             }
             progress.set(json!({ "done": seen, "total": total, "long_texts": embeddings.len() }));

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::service::settings::JobMode;
 use crate::service::{Service, TaskCtx};
 use crate::store::jobs::{self, JobRow};
-use crate::store::{is_unique_violation, now_ms};
+use crate::store::{is_unique_violation, now_ms, WriteTx};
 
 /// What a finished job recorded.
 pub(super) struct Finished {
@@ -59,7 +59,23 @@ impl Service {
         if kind == JobKind::Full {
             self.check_job_mode(JobMode::Full)?;
         }
-        let mut tx = self.store.begin_write().await?;
+        let tx = self.store.begin_write().await?;
+        self.enqueue_job_in(tx, task, kind, trigger, params, retry_of)
+            .await
+    }
+
+    /// Queues a job as the last write of `tx` and commits it, so what `tx` wrote before is
+    /// saved only with the job; on 409 (the task already has one, named in the error) `tx`
+    /// is rolled back. The job mode is the caller's to check.
+    pub(crate) async fn enqueue_job_in(
+        &self,
+        mut tx: WriteTx,
+        task: &TaskCtx,
+        kind: JobKind,
+        trigger: Trigger,
+        params: Value,
+        retry_of: Option<i64>,
+    ) -> Result<JobRow> {
         let inserted = jobs::insert(
             tx.conn(),
             task.id,
@@ -78,23 +94,18 @@ impl Service {
             }
             Err(e) if is_unique_violation(&e) => {
                 drop(tx);
-                Err(self.job_active(task).await?)
+                let active = jobs::active_for_task(self.store.pool(), task.id).await?;
+                Err(Error::Conflict {
+                    code: "job_active",
+                    message: format!(
+                        "task {:?} already has a queued or running job; cancel it or wait",
+                        task.name
+                    ),
+                    details: active.map(|j| json!({ "job": self.job_view(task, j) })),
+                })
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// The 409 for a task that already has a queued or running job, naming it.
-    pub(crate) async fn job_active(&self, task: &TaskCtx) -> Result<Error> {
-        let active = jobs::active_for_task(self.store.pool(), task.id).await?;
-        Ok(Error::Conflict {
-            code: "job_active",
-            message: format!(
-                "task {:?} already has a queued or running job; cancel it or wait",
-                task.name
-            ),
-            details: active.map(|j| json!({ "job": self.job_view(task, j) })),
-        })
     }
 
     pub fn job_view(&self, task: &TaskCtx, row: JobRow) -> JobView {
