@@ -331,8 +331,9 @@ async fn full_queue_answers_429() {
     s.finish().await;
 }
 
-/// Sends `body` to /v1/embed and, while it runs, one short text at a time until one is
-/// refused; then checks that `body` still completes and the queue is free again.
+/// Sends `body` to /v1/embed and, once /ready says the queue has no room, one short text,
+/// which must be refused; then checks that `body` still completes and the queue is free
+/// again. (Probing only then keeps a probe from taking a place before `body` does.)
 async fn fills_the_queue(s: &TestServer, body: Value) -> bool {
     let client = s.client.clone();
     let url = s.url("/v1/embed");
@@ -341,6 +342,13 @@ async fn fills_the_queue(s: &TestServer, body: Value) -> bool {
     let mut saw_429 = false;
     for _ in 0..500 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if big.is_finished() {
+            break;
+        }
+        let (ready, _) = s.get("/ready").await;
+        if ready != 503 {
+            continue;
+        }
         let r = s
             .client
             .post(s.url("/v1/embed"))
