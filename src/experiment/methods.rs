@@ -40,6 +40,8 @@ pub struct Recipe {
     /// on all of strong-train, whose in-sample predictions mostly repeat its training labels.
     pub out_of_fold: bool,
     pub target_precision: Option<f64>,
+    /// Decisions below the threshold reaching this precision on gold do not train.
+    pub train_precision: Option<f64>,
 }
 
 impl Recipe {
@@ -59,6 +61,7 @@ impl Recipe {
             features: d.pik_features,
             out_of_fold: true,
             target_precision: d.target_precision,
+            train_precision: d.train_precision,
         }
     }
 }
@@ -127,6 +130,9 @@ pub fn catalogue(target_precision: f64) -> Vec<Method> {
         variant("· always train on the decisions", &|r| {
             r.decision_targets = StageMode::On
         }),
+        variant("· every decision trains (no train_precision)", &|r| {
+            r.train_precision = None
+        }),
         // Round 1's method under today's protocol: its smoothing, its selection, no checks
         // (so "no lower than round 1" compares like with like; round 1's own figures
         // carried the protocol's leak).
@@ -140,6 +146,7 @@ pub fn catalogue(target_precision: f64) -> Vec<Method> {
                 r.class_balance = ClassBalance::Uniform;
                 r.selection = Selection::Tau;
                 r.tau = None;
+                r.train_precision = None;
             },
         ),
         variant("· τ rule with τ fitted (round 1)", &|r| {

@@ -316,6 +316,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
             tau: pik.report.tau,
             z: DEFAULT_Z,
             target_precision: recipe.target_precision,
+            train_precision: recipe.train_precision,
         },
     );
     let rule = policy.rule();
@@ -323,6 +324,8 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
     // 8. The decisions on strong-train, with the self-labels made above.
     let (self_probs, self_embeddings) = (&probs_of, &embedding_of);
     let mut labels: Vec<Label> = vec![];
+    // The decisions confident enough to train the next model (`train_precision`).
+    let mut teaching: HashSet<usize> = HashSet::new();
     let mut targets: HashMap<usize, Vec<f32>> = HashMap::new();
     let (mut qs, mut right) = (vec![], vec![]);
     let (mut conf, mut conf_right) = (vec![], vec![]);
@@ -357,6 +360,9 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
             if let Some(t) = target(r) {
                 targets.insert(r, t);
             }
+        }
+        if outcome.label.is_some() && policy.trains(outcome.confidence.map(f64::from)) {
+            teaching.insert(r);
         }
         labels.push((r, outcome.label, source));
     }
@@ -404,7 +410,12 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
         );
         return Ok(finish(stage, &m));
     }
-    let on_decisions = train_on_labels(ctx, strong, &labels, Some(&targets), None, gold_rows)?;
+    // Decisions below the training threshold are handed out but teach nothing.
+    let taught: Vec<Label> = labels
+        .iter()
+        .map(|&(r, l, source)| (r, l.filter(|_| teaching.contains(&r)), source))
+        .collect();
+    let on_decisions = train_on_labels(ctx, strong, &taught, Some(&targets), None, gold_rows)?;
     // Do no harm to the next model: train on the decisions only while that beats training
     // on the raw weak labels, judged on gold (neither model trained on it). Smoothing carries
     // the gold rows' own votes into their neighbours' labels, so the decisions are judged by
@@ -415,7 +426,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
             let blind_model = if smoothing_on {
                 let blind = ctx.smooth(&posterior, &is_gold, recipe.class_balance, &prior.shares);
                 let blind_of = |r: usize| blind.get(&(r as i64)).cloned().flatten();
-                let labels: Vec<Label> = labels
+                let labels: Vec<Label> = taught
                     .iter()
                     .map(|&(r, l, source)| match (l, source) {
                         (Some(_), "weak_refined") => {

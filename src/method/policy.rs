@@ -41,6 +41,7 @@ pub struct PolicyConfig {
     pub tau: f32,
     pub z: f64,
     pub target_precision: Option<f64>,
+    pub train_precision: Option<f64>,
 }
 
 /// The task's decision policy, fitted on gold: whether strong selection is on, and the
@@ -54,6 +55,10 @@ pub struct Policy {
     pub arbiter: Option<Arbiter>,
     /// Present when the task sets `target_precision`.
     pub target: Option<PrecisionThreshold>,
+    /// Present when the task sets `train_precision`: decisions below it do not train the
+    /// next model (absent in versions made before the setting).
+    #[serde(default)]
+    pub train: Option<PrecisionThreshold>,
     /// The decisions' confidence on gold, out of fold: is it calibrated?
     pub decisions: CalibrationReport,
 }
@@ -79,8 +84,20 @@ impl Policy {
             tau,
             arbiter: None,
             target: None,
+            train: None,
             decisions: CalibrationReport::default(),
         }
+    }
+
+    /// Whether a decision with this confidence trains the next model: yes unless a
+    /// training threshold was fitted and reached on gold and the confidence is below it.
+    pub fn trains(&self, confidence: Option<f64>) -> bool {
+        let floor = self
+            .train
+            .as_ref()
+            .filter(|t| t.precision.is_some())
+            .map(|t| f64::from(t.threshold));
+        !matches!((floor, confidence), (Some(f), Some(c)) if c < f)
     }
 }
 
@@ -231,6 +248,9 @@ pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
         target: cfg
             .target_precision
             .map(|t| precision_threshold(&conf, &right, t)),
+        train: cfg
+            .train_precision
+            .map(|t| precision_threshold(&conf, &right, t)),
         decisions: CalibrationReport::measure(&conf, &right),
     }
 }
@@ -271,12 +291,31 @@ mod tests {
             tau: 0.5,
             z: 1.0,
             target_precision: Some(0.75),
+            train_precision: Some(0.75),
         };
         let p = fit_policy(&cases, &cfg);
         assert!(p.strong.on, "{:?}", p.strong);
         assert!((p.strong.output_accuracy.unwrap() - 0.8).abs() < 1e-9);
-        let t = p.target.unwrap();
+        let t = p.target.clone().unwrap();
         assert!(t.precision.unwrap() >= 0.75 && t.coverage > 0.5, "{t:?}");
+        // The training threshold is the same fit at its own precision: decisions under it
+        // are handed out but do not train; with no threshold reachable, every one trains.
+        assert_eq!(p.train.as_ref(), Some(&t));
+        assert!(p.trains(Some(t.threshold as f64)));
+        assert!(!p.trains(Some(t.threshold as f64 - 0.01)));
+        assert!(p.trains(None), "no confidence: nothing to judge it by");
+        let unreachable = fit_policy(
+            &cases,
+            &PolicyConfig {
+                train_precision: Some(0.999),
+                ..cfg.clone()
+            },
+        );
+        assert!(unreachable.train.as_ref().unwrap().precision.is_none());
+        assert!(unreachable.trains(Some(0.0)) && unreachable.trains(None));
+        assert!(
+            Policy::unchecked(StageMode::Auto, Selection::Confidence, 0.5, "").trains(Some(0.0))
+        );
         // Where strong is worse, the stage is bypassed.
         let worse: Vec<PolicyCase> = cases
             .iter()

@@ -43,6 +43,9 @@ pub struct TaskReport {
     pub selection: Selection,
     pub tau: f32,
     pub target_precision: Option<PrecisionThreshold>,
+    /// The training threshold fitted at the last job for `train_precision`: decisions less
+    /// confident than it are handed out but do not train the next model.
+    pub train_precision: Option<PrecisionThreshold>,
     /// The decisions' confidence on gold at the last job (out of fold).
     pub decision_calibration: Option<CalibrationReport>,
     pub strong_confidence: Option<PikReport>,
@@ -136,6 +139,9 @@ impl Service {
             selection: pipeline.map_or(s.selection, |p| p.policy.selection),
             tau: decider.rule.tau,
             target_precision: pipeline.and_then(|p| p.policy.target.clone()),
+            train_precision: pipeline
+                .filter(|_| s.train_precision.is_some())
+                .and_then(|p| p.policy.train.clone()),
             decision_calibration: pipeline.map(|p| p.policy.decisions.clone()),
             strong_confidence: version.as_ref().and_then(|v| {
                 v.manifest

@@ -623,6 +623,7 @@ pub struct TrainingRow {
     pub refined: Option<String>,
     pub decision_label: Option<i64>,
     pub decision_source: Option<String>,
+    pub confidence: Option<f64>,
 }
 
 pub async fn training_rows_page<'c, E: Executor<'c, Database = Any>>(
@@ -632,7 +633,7 @@ pub async fn training_rows_page<'c, E: Executor<'c, Database = Any>>(
     limit: i64,
 ) -> Result<Vec<TrainingRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, embedding, encoder_id, gold_label, weak, smoothed, refined, decision_label, decision_source \
+        "SELECT id, embedding, encoder_id, gold_label, weak, smoothed, refined, decision_label, decision_source, confidence \
          FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(task_id)

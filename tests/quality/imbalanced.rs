@@ -364,6 +364,32 @@ async fn imbalanced_task(backend: Backend) {
 /// abstain (with the label they would have given) and lead the review queue; the accepted
 /// ones are precise on the examples without gold too.
 async fn target_precision(s: &TestServer, truth: &HashMap<String, usize>, gold: &HashSet<String>) {
+    // `train_precision` (default 0.9): the first job fitted a training threshold; the next
+    // job leaves out of training exactly the decisions less confident than it.
+    let (_, report) = s.get("/v1/tasks/imb/report").await;
+    let floor = report["train_precision"]["threshold"]
+        .as_f64()
+        .expect("a training threshold");
+    assert!(
+        report["train_precision"]["precision"].as_f64().unwrap() >= 0.9,
+        "{report:#}"
+    );
+    let unsure = all_examples(s, "imb")
+        .await
+        .iter()
+        .filter(|e| {
+            !gold.contains(e["id"].as_str().unwrap_or(""))
+                && e["decision"]["confidence"].as_f64().unwrap() < floor
+        })
+        .count();
+    eprintln!(
+        "train_precision 0.9: threshold {floor:.3}, {unsure} non-gold decisions below it (gold: {})",
+        report["train_precision"]
+    );
+    assert!(
+        unsure > 0,
+        "some decisions under the training threshold {floor}"
+    );
     let (status, body) = s
         .patch(
             "/v1/tasks/imb",
@@ -371,7 +397,13 @@ async fn target_precision(s: &TestServer, truth: &HashMap<String, usize>, gold: 
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    run_job(s, "imb", json!({"mode": "head"})).await;
+    let job = run_job(s, "imb", json!({"mode": "head"})).await;
+    let by_source = &job["metrics"]["training"]["examples_by_source"];
+    assert_eq!(
+        by_source["below_train_precision"].as_u64(),
+        Some(unsure as u64),
+        "{by_source}"
+    );
     settled(s, "imb").await;
     let (_, report) = s.get("/v1/tasks/imb/report").await;
     let target = &report["target_precision"];

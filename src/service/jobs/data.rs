@@ -24,6 +24,8 @@ pub(crate) struct TaskData {
     pub gold: Vec<Option<usize>>,
     /// The current decision.
     pub decision: Vec<Option<(Option<usize>, DecisionSource)>>,
+    /// The current decision's confidence.
+    pub confidence: Vec<Option<f64>>,
     /// Source names, sorted: the index order of `Vote::source`.
     pub sources: Vec<String>,
     pub votes: Vec<Vec<Vote>>,
@@ -51,6 +53,7 @@ impl Service {
             embedding: vec![],
             gold: vec![],
             decision: vec![],
+            confidence: vec![],
             sources: vec![],
             votes: vec![],
         };
@@ -105,6 +108,7 @@ impl Service {
                             )
                         }),
                 );
+                data.confidence.push(r.confidence);
                 named.push(by_example.remove(&r.id).unwrap_or_default());
             }
         }

@@ -18,13 +18,14 @@ use crate::method::heads::{softmax, LinearHead};
 use crate::method::label_model::LabelModel;
 use crate::method::pik::{train_pik, PikConfig, PikOutcome, PikSample};
 use crate::method::pipeline::PipelineFit;
-use crate::method::policy::{fit_policy, PolicyCase, PolicyConfig};
+use crate::method::policy::{fit_policy, Policy, PolicyCase, PolicyConfig};
 use crate::method::rule::{DecisionSource, StrongSide};
 use crate::method::safeguard::{self, Compared, Stage, StageMode, StageReport};
 use crate::method::training::{cross_fit, train_softmax, Dataset, TrainConfig};
 use crate::method::weak::{argmax, one_hot};
 use crate::model::encoder::Encoded;
 use crate::service::settings::{JobMode, Targets, TrainOn};
+use crate::service::version_cache::LoadedVersion;
 use crate::service::{Service, TaskCtx};
 use crate::store::jobs::JobRow;
 
@@ -68,11 +69,24 @@ fn raw_training_set(data: &TaskData) -> TrainingSet {
     set
 }
 
+/// The policy whose training threshold says which decisions train the next model: the
+/// active version's, while the task sets `train_precision`.
+fn teaching_policy<'a>(task: &TaskCtx, active: Option<&'a LoadedVersion>) -> Option<&'a Policy> {
+    task.settings.train_precision?;
+    Some(&active?.pipeline.as_ref()?.policy)
+}
+
 /// Targets: gold labels; the previous version's strong decisions (unless `train_on` says
 /// not); else the refined weak label in `refined` (the one in force, or for the gold check of
-/// the decision targets the one smoothed without the gold examples' votes). Abstentions and
-/// examples without an embedding from the current encoder do not train.
-fn training_set(task: &TaskCtx, data: &TaskData, refined: &[Option<Vec<f32>>]) -> TrainingSet {
+/// the decision targets the one smoothed without the gold examples' votes). Abstentions,
+/// decisions under `teaching`'s training threshold and examples without an embedding from
+/// the current encoder do not train.
+fn training_set(
+    task: &TaskCtx,
+    data: &TaskData,
+    refined: &[Option<Vec<f32>>],
+    teaching: Option<&Policy>,
+) -> TrainingSet {
     let k = data.k;
     let mut set = TrainingSet {
         rows: vec![],
@@ -84,9 +98,14 @@ fn training_set(task: &TaskCtx, data: &TaskData, refined: &[Option<Vec<f32>>]) -
         let Some(embedding) = &data.embedding[i] else {
             continue;
         };
+        let unsure = teaching.is_some_and(|p| !p.trains(data.confidence[i]));
         let (target, source) = match (data.gold[i], data.decision[i]) {
             (Some(g), _) => (one_hot(g, k), DecisionSource::Gold),
             (None, Some((_, DecisionSource::Abstain))) => continue,
+            (None, Some(_)) if unsure => {
+                *set.counts.entry("below_train_precision").or_default() += 1;
+                continue;
+            }
             (None, Some((Some(l), DecisionSource::Strong)))
                 if task.settings.train_on == TrainOn::Decided =>
             {
@@ -183,12 +202,13 @@ impl Service {
         let weak = self
             .calibrate(task, &data, train_cfg.seed, mode == JobMode::Head, progress)
             .await?;
-        let set = training_set(task, &data, &weak.refined);
+        let teaching = teaching_policy(task, active.as_deref());
+        let set = training_set(task, &data, &weak.refined, teaching);
         let raw = raw_training_set(&data);
         let check = weak
             .refined_without_gold
             .as_deref()
-            .map(|refined| training_set(task, &data, refined));
+            .map(|refined| training_set(task, &data, refined, teaching));
         if set.rows.is_empty() {
             return Err(Error::invalid(
                 "nothing_to_train_on",
@@ -273,6 +293,7 @@ impl Service {
                 tau: trained.pik.report.tau,
                 z: task.settings.safeguard_z,
                 target_precision: task.settings.target_precision,
+                train_precision: task.settings.train_precision,
             },
         );
         let pipeline = PipelineFit {

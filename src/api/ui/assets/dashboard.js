@@ -114,6 +114,9 @@ function coverage(d) {
     if (at) datasets.push({ label: `τ = ${num(d.report.tau, 2)}`, data: [{ x: at.coverage, y: at.precision, t: at.threshold }], pointRadius: 7, backgroundColor: "#1d2433" });
   }
   if (target && target.precision != null) datasets.push({ label: `target precision ${target.target}`, data: [{ x: target.coverage, y: target.precision, t: target.threshold }], pointRadius: 7, pointStyle: "triangle", backgroundColor: COLORS.abstain });
+  // Decisions above this point train the next model (train_precision).
+  const train = d.report.train_precision;
+  if (train && train.precision != null) datasets.push({ label: `trains the next model (train_precision ${train.target})`, data: [{ x: train.coverage, y: train.precision, t: train.threshold }], pointRadius: 7, pointStyle: "rectRot", backgroundColor: COLORS.strong });
   draw("coverage", {
     type: "scatter", data: { datasets },
     options: { scales: { x: { min: 0, max: 1, title: { display: true, text: "coverage" } }, y: { min: 0, max: 1, title: { display: true, text: "precision" } } },
