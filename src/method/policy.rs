@@ -1,6 +1,7 @@
 //! The task's decision policy, fitted on gold at a job: the arbiter that judges the strong
-//! and weak sides together, whether strong selection is on (its gold check), and the
-//! target-precision threshold — each measured on out-of-fold values only.
+//! and weak sides together, whether strong selection is on (its gold check), the
+//! target-precision threshold and the training threshold (which decisions teach the next
+//! model) — each measured on out-of-fold values only.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -1,7 +1,8 @@
 //! Training a new version: the weak side first (`calibrate`), then the strong model on the
-//! decisions — heads on stored embeddings (`head`) or the encoder fine-tuned (`full`) —,
-//! P(IK) on gold predictions made without the example's label, and the decision policy
-//! (strong selection's gold check and the target-precision threshold).
+//! decisions confident enough to teach (the active version's training threshold) — heads
+//! on stored embeddings (`head`) or the encoder fine-tuned (`full`) —, P(IK) on gold
+//! predictions made without the example's label, and the decision policy (strong
+//! selection's gold check, the target-precision and training thresholds).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
