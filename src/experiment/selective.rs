@@ -324,8 +324,9 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
     // 8. The decisions on strong-train, with the self-labels made above.
     let (self_probs, self_embeddings) = (&probs_of, &embedding_of);
     let mut labels: Vec<Label> = vec![];
-    // The decisions confident enough to train the next model (`train_precision`).
-    let mut teaching: HashSet<usize> = HashSet::new();
+    // The same, less the decisions below the training threshold (`train_precision`): those
+    // are handed out but teach nothing.
+    let mut taught: Vec<Label> = vec![];
     let mut targets: HashMap<usize, Vec<f32>> = HashMap::new();
     let (mut qs, mut right) = (vec![], vec![]);
     let (mut conf, mut conf_right) = (vec![], vec![]);
@@ -361,9 +362,8 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
                 targets.insert(r, t);
             }
         }
-        if outcome.label.is_some() && policy.trains(outcome.confidence.map(f64::from)) {
-            teaching.insert(r);
-        }
+        let teaches = policy.trains(outcome.confidence.map(f64::from));
+        taught.push((r, outcome.label.filter(|_| teaches), source));
         labels.push((r, outcome.label, source));
     }
     let accepted = labels.iter().filter(|(_, l, _)| l.is_some()).count();
@@ -410,11 +410,6 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
         );
         return Ok(finish(stage, &m));
     }
-    // Decisions below the training threshold are handed out but teach nothing.
-    let taught: Vec<Label> = labels
-        .iter()
-        .map(|&(r, l, source)| (r, l.filter(|_| teaching.contains(&r)), source))
-        .collect();
     let on_decisions = train_on_labels(ctx, strong, &taught, Some(&targets), None, gold_rows)?;
     // Do no harm to the next model: train on the decisions only while that beats training
     // on the raw weak labels, judged on gold (neither model trained on it). Smoothing carries

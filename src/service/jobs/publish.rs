@@ -86,11 +86,9 @@ impl Service {
         progress: &Arc<Progress>,
     ) -> Result<Finished> {
         let (backbone, encoder_id) = self.task_encoder(task).await?;
-        let total = crate::store::tasks::counts(self.store.pool(), task.id)
-            .await?
-            .examples;
-        progress.stage("embedding long texts");
         let pool = self.store.pool();
+        let total = crate::store::tasks::counts(pool, task.id).await?.examples;
+        progress.stage("embedding long texts");
         let mut pages = std::pin::pin!(keyset_pages(
             0,
             |r: &examples::TextRow| r.id,
