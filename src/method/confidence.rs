@@ -377,6 +377,10 @@ pub struct PrecisionThreshold {
     pub coverage: f64,
     pub precision: Option<f64>,
     pub examples: usize,
+    /// In words: the threshold and what it accepted on gold, or why no threshold reaches
+    /// the target and how near the best one came (absent in versions made before it).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// The lowest threshold whose accepted set reaches `target` precision on the samples, by
@@ -386,7 +390,9 @@ pub fn precision_threshold(confidence: &[f32], right: &[bool], target: f64) -> P
     let n = confidence.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| confidence[b].total_cmp(&confidence[a]));
-    let mut best: Option<(f32, usize, usize)> = None;
+    // Each candidate: (threshold, accepted, right among them, lower bound).
+    let mut best: Option<(f32, usize, usize, f64)> = None;
+    let mut nearest: Option<(f32, usize, usize, f64)> = None;
     let (mut hits, mut i) = (0usize, 0usize);
     while i < n {
         let c = confidence[order[i]];
@@ -394,17 +400,27 @@ pub fn precision_threshold(confidence: &[f32], right: &[bool], target: f64) -> P
             hits += usize::from(right[order[i]]);
             i += 1;
         }
-        if wilson_lower(hits, i, PRECISION_Z) >= target {
-            best = Some((c, i, hits));
+        let lower = wilson_lower(hits, i, PRECISION_Z);
+        if lower >= target {
+            best = Some((c, i, hits, lower));
+        }
+        if nearest.is_none_or(|b| lower > b.3) {
+            nearest = Some((c, i, hits, lower));
         }
     }
+    let pct = |part: usize, of: usize| 100.0 * part as f64 / of.max(1) as f64;
     match best {
-        Some((t, accepted, hits)) => PrecisionThreshold {
+        Some((t, accepted, hits, lower)) => PrecisionThreshold {
             target,
             threshold: t,
             coverage: accepted as f64 / n as f64,
             precision: Some(hits as f64 / accepted as f64),
             examples: n,
+            reason: format!(
+                "confidence >= {t:.3} reaches {target}: {accepted} of {n} gold decisions ({:.1}%), {:.1}% of them right (one-sided 95% lower bound {lower:.3})",
+                pct(accepted, n),
+                pct(hits, accepted)
+            ),
         },
         None => PrecisionThreshold {
             target,
@@ -412,6 +428,14 @@ pub fn precision_threshold(confidence: &[f32], right: &[bool], target: f64) -> P
             coverage: 0.0,
             precision: None,
             examples: n,
+            reason: match nearest {
+                None => format!("no gold decisions to fit a threshold for {target} on"),
+                Some((t, accepted, hits, lower)) => format!(
+                    "no confidence threshold reaches {target} on {n} gold decisions by a one-sided 95% bound; the nearest, confidence >= {t:.3}, accepts {accepted} ({:.1}%) with {:.1}% right (lower bound {lower:.3}). More gold labels narrow the bound; weak sources or a strong model that tell examples apart raise the precision",
+                    pct(accepted, n),
+                    pct(hits, accepted)
+                ),
+            },
         },
     }
 }
@@ -520,8 +544,24 @@ mod tests {
         let t = precision_threshold(&conf, &right, 0.9);
         assert!(t.precision.unwrap() >= 0.9, "{t:?}");
         assert!(t.threshold > 0.1 && t.threshold < 0.3, "{t:?}");
+        assert!(t.reason.contains("reaches 0.9"), "{}", t.reason);
         let none = precision_threshold(&conf, &[false; 100], 0.9);
         assert!(none.threshold > 1.0 && none.coverage == 0.0);
+        assert!(none
+            .reason
+            .starts_with("no confidence threshold reaches 0.9 on 100"));
+        // One confidence for all: the only candidate accepts everything and says so.
+        let flat = precision_threshold(&[0.886; 100], &right, 0.9);
+        assert!(flat.precision.is_none(), "{flat:?}");
+        assert!(
+            flat.reason
+                .contains("confidence >= 0.886, accepts 100 (100.0%) with 70.0% right"),
+            "{}",
+            flat.reason
+        );
+        assert!(precision_threshold(&[], &[], 0.9)
+            .reason
+            .starts_with("no gold decisions"));
         assert!(wilson_lower(90, 100, 1.0) < 0.9);
         assert!(wilson_lower(900, 1000, 1.0) > 0.89);
     }

@@ -241,17 +241,21 @@ pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
             }
         }
     }
+    let target = cfg
+        .target_precision
+        .map(|t| precision_threshold(&conf, &right, t));
+    // The same precision asked of both (the defaults' 0.9 with a 0.9 target) is one fit.
+    let train = match (&target, cfg.train_precision) {
+        (Some(fitted), Some(t)) if fitted.target == t => Some(fitted.clone()),
+        (_, t) => t.map(|t| precision_threshold(&conf, &right, t)),
+    };
     Policy {
         strong,
         selection: cfg.selection,
         tau: cfg.tau,
         arbiter: arbiter.map(|(a, _)| a),
-        target: cfg
-            .target_precision
-            .map(|t| precision_threshold(&conf, &right, t)),
-        train: cfg
-            .train_precision
-            .map(|t| precision_threshold(&conf, &right, t)),
+        target,
+        train,
         decisions: CalibrationReport::measure(&conf, &right),
     }
 }

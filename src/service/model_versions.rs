@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::jobs::JobView;
+use super::jobs::{JobKind, JobRequest, JobView, Trigger};
 use super::Service;
 use crate::error::{Error, Result};
 use crate::model::manifest::Manifest;
@@ -108,10 +108,8 @@ impl Service {
             let job = self
                 .enqueue_job(
                     &task,
-                    super::jobs::JobKind::Reembed,
-                    super::jobs::Trigger::Activate,
-                    json!({ "version_id": row.id }),
-                    None,
+                    JobRequest::new(JobKind::Reembed, Trigger::Activate)
+                        .with_params(json!({ "version_id": row.id })),
                 )
                 .await?;
             return Ok((

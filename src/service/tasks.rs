@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::jobs::{JobKind, JobRequest, Trigger};
 use super::{Service, TaskCtx, TaskSettings};
 use crate::error::{Error, Result};
 use crate::store::{is_unique_violation, now_ms, tasks};
@@ -183,10 +184,7 @@ impl Service {
                 self.enqueue_job_in(
                     tx,
                     &task,
-                    super::jobs::JobKind::Reembed,
-                    super::jobs::Trigger::Settings,
-                    params,
-                    None,
+                    JobRequest::new(JobKind::Reembed, Trigger::Settings).with_params(params),
                 )
                 .await?,
             )

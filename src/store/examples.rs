@@ -83,18 +83,7 @@ pub async fn find_existing<'c, E: Executor<'c, Database = Any>>(
     task_id: i64,
     external_ids: &[&str],
 ) -> Result<Vec<ExistingRow>, sqlx::Error> {
-    if external_ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let sql = format!(
-        "SELECT id, external_id, text FROM examples WHERE task_id = $1 AND external_id IN ({})",
-        placeholders(2, external_ids.len())
-    );
-    let mut q = sqlx::query_as(&sql).bind(task_id);
-    for id in external_ids {
-        q = q.bind(*id);
-    }
-    q.fetch_all(ex).await
+    rows_by_external_ids(ex, "id, external_id, text", task_id, external_ids).await
 }
 
 /// Full rows of the task's examples with these external ids (any order).
@@ -103,11 +92,25 @@ pub async fn by_external_ids<'c, E: Executor<'c, Database = Any>>(
     task_id: i64,
     external_ids: &[&str],
 ) -> Result<Vec<ExampleRow>, sqlx::Error> {
+    rows_by_external_ids(ex, COLUMNS, task_id, external_ids).await
+}
+
+/// `columns` of the task's examples with these external ids (any order).
+async fn rows_by_external_ids<'c, E, T>(
+    ex: E,
+    columns: &str,
+    task_id: i64,
+    external_ids: &[&str],
+) -> Result<Vec<T>, sqlx::Error>
+where
+    E: Executor<'c, Database = Any>,
+    T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+{
     if external_ids.is_empty() {
         return Ok(vec![]);
     }
     let sql = format!(
-        "SELECT {COLUMNS} FROM examples WHERE task_id = $1 AND external_id IN ({})",
+        "SELECT {columns} FROM examples WHERE task_id = $1 AND external_id IN ({})",
         placeholders(2, external_ids.len())
     );
     let mut q = sqlx::query_as(&sql).bind(task_id);

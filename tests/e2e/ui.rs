@@ -245,11 +245,21 @@ async fn dashboard_in_a_browser(backend: Backend) {
                jobs: document.querySelectorAll('#jobs tbody tr[data-job]').length,
                active: document.querySelector('#models tr[data-version=\"1\"]').textContent,
                sources: [...document.querySelectorAll('#sources tbody tr[data-source]')].map((r) => r.dataset.source),
+               thresholds: document.getElementById('thresholds').textContent,
              };",
             vec![],
         )
         .await
         .unwrap();
+    // No target is set; the training threshold (train_precision's default) is said in words.
+    let train_reason = d["report"]["train_precision"]["reason"]
+        .as_str()
+        .expect("a training threshold fitted at the job");
+    assert!(d["report"]["target_precision"].is_null());
+    assert_eq!(
+        charts["thresholds"],
+        json!(format!("train_precision: {train_reason}"))
+    );
     let shares = &d["shares"];
     assert_eq!(
         charts["shares"],

@@ -408,8 +408,14 @@ async fn target_precision(s: &TestServer, truth: &HashMap<String, usize>, gold: 
     let (_, report) = s.get("/v1/tasks/imb/report").await;
     let target = &report["target_precision"];
     let threshold = target["threshold"].as_f64().expect("a fitted threshold");
-    // On gold (out of fold) the accepted decisions reach the target by construction.
+    // On gold (out of fold) the accepted decisions reach the target by construction, and
+    // the report says so in words with the same threshold.
     assert!(target["precision"].as_f64().unwrap() >= 0.9, "{target:#}");
+    let said = target["reason"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with(&format!("confidence >= {threshold:.3} reaches 0.9: ")),
+        "{target:#}"
+    );
     let examples = all_examples(s, "imb").await;
     let (mut accepted, mut right, mut abstained) = (0usize, 0usize, 0usize);
     for e in &examples {

@@ -19,6 +19,8 @@ mod publish;
 mod queue;
 mod train;
 
+pub(crate) use queue::JobRequest;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 

@@ -13,6 +13,30 @@ use crate::service::{Service, TaskCtx};
 use crate::store::jobs::{self, JobRow};
 use crate::store::{is_unique_violation, now_ms, WriteTx};
 
+/// A job to queue: what it does, why, and its parameters.
+pub(crate) struct JobRequest {
+    pub kind: JobKind,
+    pub trigger: Trigger,
+    pub params: Value,
+    /// The failed or cancelled job this one re-runs.
+    pub retry_of: Option<i64>,
+}
+
+impl JobRequest {
+    pub fn new(kind: JobKind, trigger: Trigger) -> Self {
+        JobRequest {
+            kind,
+            trigger,
+            params: json!({}),
+            retry_of: None,
+        }
+    }
+
+    pub fn with_params(self, params: Value) -> Self {
+        JobRequest { params, ..self }
+    }
+}
+
 /// What a finished job recorded.
 pub(super) struct Finished {
     pub metrics: Value,
@@ -42,26 +66,18 @@ impl Service {
         let task = self.task(task_name).await?;
         let kind = JobKind::from(req.mode.unwrap_or(task.settings.job_mode));
         let row = self
-            .enqueue_job(&task, kind, Trigger::Request, json!({}), None)
+            .enqueue_job(&task, JobRequest::new(kind, Trigger::Request))
             .await?;
         Ok(self.job_view(&task, row))
     }
 
     /// Queues a job; 409 with the active job when the task already has one.
-    pub async fn enqueue_job(
-        &self,
-        task: &TaskCtx,
-        kind: JobKind,
-        trigger: Trigger,
-        params: Value,
-        retry_of: Option<i64>,
-    ) -> Result<JobRow> {
-        if kind == JobKind::Full {
+    pub(crate) async fn enqueue_job(&self, task: &TaskCtx, req: JobRequest) -> Result<JobRow> {
+        if req.kind == JobKind::Full {
             self.check_job_mode(JobMode::Full)?;
         }
         let tx = self.store.begin_write().await?;
-        self.enqueue_job_in(tx, task, kind, trigger, params, retry_of)
-            .await
+        self.enqueue_job_in(tx, task, req).await
     }
 
     /// Queues a job as the last write of `tx` and commits it, so what `tx` wrote before is
@@ -71,18 +87,16 @@ impl Service {
         &self,
         mut tx: WriteTx,
         task: &TaskCtx,
-        kind: JobKind,
-        trigger: Trigger,
-        params: Value,
-        retry_of: Option<i64>,
+        req: JobRequest,
     ) -> Result<JobRow> {
+        let (kind, trigger) = (req.kind, req.trigger);
         let inserted = jobs::insert(
             tx.conn(),
             task.id,
             kind.as_str(),
             trigger.as_str(),
-            &params.to_string(),
-            retry_of,
+            &req.params.to_string(),
+            req.retry_of,
             now_ms(),
         )
         .await;
@@ -188,7 +202,13 @@ impl Service {
         }
         let params: Value = serde_json::from_str(&row.params).unwrap_or(json!({}));
         let new = self
-            .enqueue_job(&task, view.mode, Trigger::Retry, params, Some(id))
+            .enqueue_job(
+                &task,
+                JobRequest {
+                    retry_of: Some(id),
+                    ..JobRequest::new(view.mode, Trigger::Retry).with_params(params)
+                },
+            )
             .await?;
         Ok(self.job_view(&task, new))
     }
@@ -232,7 +252,7 @@ impl Service {
                 continue;
             };
             match self
-                .enqueue_job(&task, s.job_mode.into(), trigger, json!({}), None)
+                .enqueue_job(&task, JobRequest::new(s.job_mode.into(), trigger))
                 .await
             {
                 Ok(_) | Err(Error::Conflict { .. }) => {}

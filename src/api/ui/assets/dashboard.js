@@ -117,6 +117,11 @@ function coverage(d) {
   // Decisions above this point train the next model (train_precision).
   const train = d.report.train_precision;
   if (train && train.precision != null) datasets.push({ label: `trains the next model (train_precision ${train.target})`, data: [{ x: train.coverage, y: train.precision, t: train.threshold }], pointRadius: 7, pointStyle: "rectRot", backgroundColor: COLORS.strong });
+  // Each fitted threshold in words, reached or not (a flat point cannot show "not reached").
+  const said = [];
+  if (target && target.reason) said.push(`target_precision: ${target.reason}`);
+  if (train && train.reason) said.push(`train_precision: ${train.reason}`);
+  document.getElementById("thresholds").textContent = said.join(" · ");
   draw("coverage", {
     type: "scatter", data: { datasets },
     options: { scales: { x: { min: 0, max: 1, title: { display: true, text: "coverage" } }, y: { min: 0, max: 1, title: { display: true, text: "precision" } } },
