@@ -198,6 +198,9 @@ pub struct Run {
     pub decision_ece: Option<f64>,
     /// The target-precision threshold as fitted on gold, and what it gave on strong-train.
     pub target: Option<PrecisionThreshold>,
+    /// The same threshold as fitted, with what it accepted on gold (out of fold): beside
+    /// `target`, how far the figure carried from gold to the rest.
+    pub target_gold: Option<PrecisionThreshold>,
     pub seconds: f64,
     /// Per test row, whether the final model was right (paired comparisons between methods).
     #[serde(skip)]

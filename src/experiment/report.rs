@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::data::{label_names, Row};
 use super::methods::DEFAULT_METHOD;
 use super::{ExperimentArgs, Method, Run};
+use crate::method::confidence::PrecisionThreshold;
 use crate::method::metrics::{mean_std, paired_difference};
 
 /// Below this gap (ceiling − weak) PGR is noise and is marked as not meaningful.
@@ -336,7 +337,8 @@ impl Report {
             .iter()
             .find(|m| m.name.starts_with("· target precision"));
         if target.is_some() {
-            out += " target-precision decisions: precision % (coverage %) |";
+            out +=
+                " target-precision decisions: precision % (coverage %) on strong-train / on gold |";
         }
         out += "\n|---|---|---|---|---|---|";
         if target.is_some() {
@@ -355,11 +357,16 @@ impl Report {
                 pct(Some(nr.accuracy)),
                 pct(Some(dr.accuracy))
             );
-            if let Some(t) = target
-                .and_then(|t| t.runs.get(i))
-                .and_then(|r| r.target.as_ref())
-            {
-                out += &format!(" {} ({}) |", pct(t.precision), pct(Some(t.coverage)));
+            if let Some(r) = target.and_then(|t| t.runs.get(i)) {
+                let said = |t: Option<&PrecisionThreshold>| {
+                    t.map(|t| format!("{} ({})", pct(t.precision), pct(Some(t.coverage))))
+                        .unwrap_or_else(|| "–".into())
+                };
+                out += &format!(
+                    " {} / {} |",
+                    said(r.target.as_ref()),
+                    said(r.target_gold.as_ref())
+                );
             }
             out += "\n";
         }

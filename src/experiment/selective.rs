@@ -388,6 +388,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
             stages,
             decision_ece: CalibrationReport::measure(&conf, &conf_right).ece,
             target: target_on_strong_train.clone(),
+            target_gold: policy.target.clone(),
             ..Default::default()
         }
         .with_labels(&labels, ctx)

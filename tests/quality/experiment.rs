@@ -249,7 +249,38 @@ fn class_ratio_and_noise_models_make_an_imbalanced_task() {
         .find(|m| m.name == "· target precision 0.9")
         .unwrap();
     assert!(target.runs[0].target.is_some());
-    assert!(report.markdown().contains("target-precision decisions"));
+    // Beside the strong-train figure, what the same threshold accepted on gold when fitted.
+    let (pool, gold) = (
+        target.runs[0].target.as_ref().unwrap(),
+        target.runs[0].target_gold.as_ref().unwrap(),
+    );
+    assert_eq!(pool.threshold, gold.threshold);
+    assert_eq!(
+        gold.examples,
+        report.splits[0]["weak_train"].as_u64().unwrap() as usize
+    );
+    let md = report.markdown();
+    assert!(md.contains(
+        "target-precision decisions: precision % (coverage %) on strong-train / on gold"
+    ));
+    let row = md
+        .split("Per seed")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("| 1 |"))
+        .unwrap();
+    let pct = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{:.1}", 100.0 * v));
+    assert!(
+        row.ends_with(&format!(
+            " {} ({}) / {} ({}) |",
+            pct(pool.precision),
+            pct(Some(pool.coverage)),
+            pct(gold.precision),
+            pct(Some(gold.coverage))
+        )),
+        "{row}"
+    );
     let (bad, _dir) = experiment_args(&["--class-ratio", "1.5"]);
     assert!(sw2s::experiment::run(&bad)
         .unwrap_err()
