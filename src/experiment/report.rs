@@ -331,6 +331,11 @@ impl Report {
             x.map(|v| format!("{:.1}", 100.0 * v))
                 .unwrap_or_else(|| "–".into())
         };
+        // A threshold's precision (coverage).
+        let said = |t: Option<&PrecisionThreshold>| {
+            t.map(|t| format!("{} ({})", pct(t.precision), pct(Some(t.coverage))))
+                .unwrap_or_else(|| "–".into())
+        };
         let mut out = "\nPer seed — raw weak labels vs the default decisions (label accuracy on strong-train), naive weak-to-strong vs the default (test accuracy):\n\n| seed | raw weak labels % | default decisions % | naive test % | default test % | default − naive, points (± paired SE on test) |".to_string();
         let target = self
             .methods
@@ -358,10 +363,6 @@ impl Report {
                 pct(Some(dr.accuracy))
             );
             if let Some(r) = target.and_then(|t| t.runs.get(i)) {
-                let said = |t: Option<&PrecisionThreshold>| {
-                    t.map(|t| format!("{} ({})", pct(t.precision), pct(Some(t.coverage))))
-                        .unwrap_or_else(|| "–".into())
-                };
                 out += &format!(
                     " {} / {} |",
                     said(r.target.as_ref()),

@@ -113,14 +113,19 @@ function coverage(d) {
     const at = pik.precision_coverage.filter((p) => p.threshold >= d.report.tau).pop();
     if (at) datasets.push({ label: `τ = ${num(d.report.tau, 2)}`, data: [{ x: at.coverage, y: at.precision, t: at.threshold }], pointRadius: 7, backgroundColor: "#1d2433" });
   }
-  if (target && target.precision != null) datasets.push({ label: `target precision ${target.target}`, data: [{ x: target.coverage, y: target.precision, t: target.threshold }], pointRadius: 7, pointStyle: "triangle", backgroundColor: COLORS.abstain });
-  // Decisions above this point train the next model (train_precision).
-  const train = d.report.train_precision;
-  if (train && train.precision != null) datasets.push({ label: `trains the next model (train_precision ${train.target})`, data: [{ x: train.coverage, y: train.precision, t: train.threshold }], pointRadius: 7, pointStyle: "rectRot", backgroundColor: COLORS.strong });
-  // Each fitted threshold in words, reached or not (a flat point cannot show "not reached").
+  // The fitted thresholds: a point each where reached on gold, and each in words, reached
+  // or not (a point cannot show "not reached"). Decisions above the training point train
+  // the next model.
+  const thresholds = [
+    ["target_precision", target, (t) => `target precision ${t.target}`, "triangle", COLORS.abstain],
+    ["train_precision", d.report.train_precision, (t) => `trains the next model (train_precision ${t.target})`, "rectRot", COLORS.strong],
+  ];
   const said = [];
-  if (target && target.reason) said.push(`target_precision: ${target.reason}`);
-  if (train && train.reason) said.push(`train_precision: ${train.reason}`);
+  for (const [name, t, label, pointStyle, colour] of thresholds) {
+    if (!t) continue;
+    if (t.precision != null) datasets.push({ label: label(t), data: [{ x: t.coverage, y: t.precision, t: t.threshold }], pointRadius: 7, pointStyle, backgroundColor: colour });
+    if (t.reason) said.push(`${name}: ${t.reason}`);
+  }
   document.getElementById("thresholds").textContent = said.join(" · ");
   draw("coverage", {
     type: "scatter", data: { datasets },
