@@ -40,7 +40,7 @@ FROM examples, generate_series(0, 1) k WHERE task_id = 1;
 ANALYZE;
 SQL
 echo "== timings (ms, 5 runs each, release build, PostgreSQL)"
-for path in /ui/ /ui/tasks/big /v1/tasks/big/dashboard "/v1/tasks/big/review_queue?limit=50" /v1/tasks/big/sources /v1/tasks/big; do
+for path in /ui/ /ui/tasks/big /v1/tasks/big/dashboard "/v1/tasks/big/review_queue?limit=50" "/v1/tasks/big/review_queue?limit=50&order=sample" /v1/tasks/big/sources /v1/tasks/big; do
     times=()
     for _ in 1 2 3 4 5; do
         times+=("$(curl -s -o /dev/null -w '%{time_total}' "127.0.0.1:$PORT$path" | awk '{printf "%.0f", $1 * 1000}')")

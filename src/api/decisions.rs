@@ -64,16 +64,24 @@ pub async fn export(
 pub struct ReviewQuery {
     /// 1–1000, default 20.
     pub limit: Option<i64>,
+    /// `priority` (default): where a label helps most. `sample`: a uniform random sample of
+    /// the unlabelled examples, in an order fixed per task; gold labelled from it keeps the
+    /// gold a fair sample, which the checks and the target-precision threshold assume.
+    pub order: Option<String>,
 }
 
-/// The examples a human label would help most: strong and refined-weak disagreeing first,
-/// then undecided ones, then the lowest P(IK).
+/// The examples without gold labels a human should label next: by default where a label
+/// helps most (abstentions first, then strong and refined-weak disagreeing, then undecided
+/// ones, each by lowest confidence); with `order=sample`, a fair random sample.
 #[utoipa::path(get, path = "/v1/tasks/{task}/review_queue", tag = "decisions", params(("task" = String, Path), ReviewQuery),
-    responses((status = 200, body = ReviewQueue), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ReviewQueue), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn review_queue(
     State(state): State<AppState>,
     ApiPath(task): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReviewQuery>,
 ) -> Result<Response, Error> {
-    Ok(ok(state.service.review_queue(&task, q.limit).await?))
+    Ok(ok(state
+        .service
+        .review_queue(&task, q.limit, q.order.as_deref())
+        .await?))
 }

@@ -3,7 +3,7 @@
 //! accuracy on gold (all from SQL aggregates, so it stays fast on large tasks), and the
 //! accuracy the active version's source model learned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -59,16 +59,14 @@ impl Service {
         let task = self.task(task_name).await?;
         let pool = self.store.pool();
         let total = crate::store::tasks::counts(pool, task.id).await?.examples;
-        let counts = weak_labels::source_counts(pool, task.id).await?;
-        let overlaps: HashMap<String, (i64, i64)> = weak_labels::source_overlaps(pool, task.id)
-            .await?
-            .into_iter()
-            .map(|r| (r.source, (r.overlaps, r.conflicts)))
-            .collect();
-        let mut polarity: HashMap<String, BTreeMap<String, i64>> = HashMap::new();
-        for r in weak_labels::source_polarity(pool, task.id).await? {
-            if let Some(name) = task.name_of(r.vote) {
-                polarity.entry(r.source).or_default().insert(name, r.votes);
+        // Rows come ordered by source, one per label it favoured: fold them per source.
+        let mut counts: Vec<SourceCounts> = Vec::new();
+        for r in weak_labels::source_votes(pool, task.id).await? {
+            if counts.last().is_none_or(|c| c.source != r.source) {
+                counts.push(SourceCounts::new(r.source.clone()));
+            }
+            if let Some(c) = counts.last_mut() {
+                c.add(&task, r);
             }
         }
         let version = self.active_version(&task).await?;
@@ -77,7 +75,6 @@ impl Service {
         let sources = counts
             .into_iter()
             .map(|c| {
-                let (o, x) = overlaps.get(&c.source).copied().unwrap_or((0, 0));
                 let learned = pipeline.and_then(|p| {
                     let idx = p.sources.iter().position(|s| *s == c.source)?;
                     let m = &p.source_model.fitted;
@@ -89,9 +86,9 @@ impl Service {
                 SourceView {
                     votes: c.votes,
                     coverage: share(c.votes),
-                    overlaps: share(o),
-                    conflicts: share(x),
-                    polarity: polarity.remove(&c.source).unwrap_or_default(),
+                    overlaps: share(c.overlaps),
+                    conflicts: share(c.conflicts),
+                    polarity: c.polarity,
                     gold_votes: c.gold_votes,
                     empirical_accuracy: (c.gold_votes > 0)
                         .then(|| c.gold_right as f64 / c.gold_votes as f64),
@@ -113,6 +110,43 @@ impl Service {
                 })
             }),
         })
+    }
+}
+
+/// One source's counts, summed over the labels it favoured.
+struct SourceCounts {
+    source: String,
+    votes: i64,
+    gold_votes: i64,
+    gold_right: i64,
+    overlaps: i64,
+    conflicts: i64,
+    polarity: BTreeMap<String, i64>,
+}
+
+impl SourceCounts {
+    fn new(source: String) -> Self {
+        Self {
+            source,
+            votes: 0,
+            gold_votes: 0,
+            gold_right: 0,
+            overlaps: 0,
+            conflicts: 0,
+            polarity: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, task: &TaskCtx, r: weak_labels::SourceVoteRow) {
+        self.votes += r.votes;
+        self.gold_votes += r.gold_votes;
+        self.gold_right += r.gold_right;
+        self.overlaps += r.overlaps;
+        self.conflicts += r.conflicts;
+        // A vote for no label (scores all zero) counts as a vote, not as a polarity.
+        if let Some(name) = task.name_of(r.vote) {
+            *self.polarity.entry(name).or_default() += r.votes;
+        }
     }
 }
 

@@ -518,6 +518,18 @@ pub async fn review_candidates<'c, E: Executor<'c, Database = Any>>(
     .await
 }
 
+/// The ids of a task's examples without gold labels (the review queue's fair sample draws
+/// from them).
+pub async fn unlabelled_ids<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM examples WHERE task_id = $1 AND gold_label IS NULL")
+        .bind(task_id)
+        .fetch_all(ex)
+        .await
+}
+
 /// What the graph needs of an example.
 #[derive(Debug, Clone, FromRow)]
 pub struct GraphRow {

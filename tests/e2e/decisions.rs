@@ -132,6 +132,53 @@ async fn decision_log(backend: Backend) {
         422,
         "invalid_limit",
     );
+
+    // The fair sample: unlabelled examples only, the same page twice, spread over the task
+    // (not the first ingested), and a label given moves the page on by one.
+    let sample = |limit: usize| {
+        let s = &s;
+        async move {
+            let (status, q) = s
+                .get(&format!(
+                    "/v1/tasks/t/review_queue?order=sample&limit={limit}"
+                ))
+                .await;
+            assert_eq!(status, 200, "{q}");
+            let items = q["items"].as_array().cloned().unwrap_or_default();
+            assert!(items.iter().all(|i| i["gold_label"].is_null()
+                && i["reason"].as_str().unwrap().starts_with("fair sample")));
+            items
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let page = sample(100).await;
+    assert_eq!(page.len(), 100);
+    assert_eq!(page, sample(100).await, "a fixed order");
+    let ordinal = |id: &str| id.trim_start_matches('e').parse::<usize>().unwrap();
+    let late = page.iter().filter(|id| ordinal(id) >= 650).count();
+    assert!(
+        (30..=70).contains(&late),
+        "{late} of 100 from the later half of the ingest order"
+    );
+    let (status, body) = s
+        .put(
+            &format!("/v1/tasks/t/examples/{}/gold", page[0]),
+            &json!({"label": "pos"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sample(99).await,
+        page[1..],
+        "the rest of the page stays put"
+    );
+    assert_error(
+        &s.get("/v1/tasks/t/review_queue?order=random").await,
+        422,
+        "invalid_order",
+    );
     s.finish().await;
 }
 both_backends!(decision_log_export_and_review_queue, super::decision_log);

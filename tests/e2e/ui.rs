@@ -387,6 +387,39 @@ async fn dashboard_in_a_browser(backend: Backend) {
             "{id} was labelled from the review page"
         );
     }
+    // The page links to the fair sample, which shows the API's first sampled example.
+    let link = driver
+        .wait_for(
+            "the fair-sample link",
+            "const a = document.querySelector('#order a'); return a && a.getAttribute('href');",
+        )
+        .await;
+    assert_eq!(link, "?order=sample");
+    c.goto(&s.url("/ui/tasks/reviews/review?order=sample"))
+        .await
+        .unwrap();
+    let shown = driver
+        .wait_for(
+            "a sampled example",
+            "const r = document.body.dataset.ready; return r && r !== 'empty' ? r : null;",
+        )
+        .await;
+    let (_, sample) = s
+        .get("/v1/tasks/reviews/review_queue?order=sample&limit=1")
+        .await;
+    assert_eq!(shown, sample["items"][0]["id"]);
+    let said = driver
+        .wait_for(
+            "its reason and the mode",
+            "return document.getElementById('reason').textContent + ' | ' + document.getElementById('order').textContent;",
+        )
+        .await;
+    let said = said.as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("fair sample") && said.contains("| Fair sample"),
+        "{said}"
+    );
+
     // Rollback from the page: a second job makes v2 active; the v1 button activates v1 again.
     run_job(&s, "reviews", json!({"mode": "head"})).await;
     c.goto(&s.url("/ui/tasks/reviews")).await.unwrap();

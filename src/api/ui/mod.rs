@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use minijinja::{context, Environment};
 
-use super::{ApiPath, AppState};
+use super::{ApiPath, ApiQuery, AppState};
 use crate::error::Error;
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -109,13 +109,22 @@ async fn task_page(
     render("task.html", context! { task => task })
 }
 
-/// The review queue, one example at a time, labelled with a click or a key press.
+#[derive(Debug, serde::Deserialize)]
+struct ReviewPageQuery {
+    order: Option<String>,
+}
+
+/// The review queue, one example at a time, labelled with a click or a key press; hardest
+/// first, or a fair sample with `?order=sample` (the API parses the order).
 async fn review_page(
     State(state): State<AppState>,
     ApiPath(task): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReviewPageQuery>,
 ) -> Result<Response, Error> {
+    let sample = crate::service::review::ReviewOrder::parse(q.order.as_deref())?
+        == crate::service::review::ReviewOrder::Sample;
     let task = state.service.get_task(&task).await?;
-    render("review.html", context! { task => task })
+    render("review.html", context! { task => task, sample => sample })
 }
 
 async fn asset(ApiPath(file): ApiPath<String>) -> Response {

@@ -1,10 +1,13 @@
 // The review queue page: one example at a time from GET /v1/tasks/{task}/review_queue, with what
 // sw2s knows about it (GET …/examples/{id}); a number key or a click sets the gold label
-// (PUT …/examples/{id}/gold) and moves on.
+// (PUT …/examples/{id}/gold) and moves on. With `?order=sample` it offers a fair random sample
+// instead, so that the gold stays representative of the task.
 "use strict";
 const TASK = document.body.dataset.task;
 const LABELS = JSON.parse(document.body.dataset.labels);
 const base = `/v1/tasks/${encodeURIComponent(TASK)}`;
+// `?order=sample` on the page's address: a fair random sample instead of the hardest first.
+const ORDER = new URLSearchParams(location.search).get("order") === "sample" ? "sample" : "priority";
 let queue = [];
 let pos = 0;
 let current = null;
@@ -23,7 +26,7 @@ function num(x, d = 2) { return x == null ? "–" : Number(x).toFixed(d); }
 function showError(e) { const el = document.getElementById("error"); el.textContent = String(e.message || e); el.hidden = false; }
 
 async function load() {
-  const q = await api("/review_queue?limit=50");
+  const q = await api(`/review_queue?limit=50&order=${ORDER}`);
   queue = q.items.filter((i) => !skipped.has(i.id));
   pos = 0;
   await show();
