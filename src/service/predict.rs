@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use super::Service;
 use crate::error::{Error, Result};
 use crate::method::pik::PikSource;
+use crate::method::rule::{decide, DecisionSource, Inputs, StrongSide};
 use crate::method::weak::argmax;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -37,8 +38,14 @@ pub struct Prediction {
     pub scores: Option<BTreeMap<String, f32>>,
     pub p_ik: Option<f32>,
     pub p_ik_source: PikSource,
-    /// Would the selection rule trust this prediction (P(IK) ≥ τ)?
+    /// Would the task's decisions take this prediction for an example with no weak or gold
+    /// label? False where the strong model did not pass its gold check (strong selection
+    /// off), where its confidence is below the target-precision threshold, or (τ rule) below
+    /// τ. Null without a model version.
     pub trusted: Option<bool>,
+    /// Why, in words (null without a model version).
+    #[serde(default)]
+    pub reason: Option<String>,
     pub model_version: Option<i64>,
 }
 
@@ -106,6 +113,7 @@ impl Service {
                         p_ik: None,
                         p_ik_source: PikSource::None,
                         trusted: None,
+                        reason: None,
                         model_version: None,
                     })
                     .collect(),
@@ -125,11 +133,25 @@ impl Service {
             .worker
             .try_embed(&version.backbone, encoded)
             .await?;
-        let tau = super::decide::tau_for(&task, Some(&version));
+        // The task's own rule, asked about the prediction alone: what `trusted` promises is
+        // what a decision would do.
+        let decider = super::decide::Decider::new(&task, Some(&version));
         let predictions = embeddings
             .iter()
             .map(|e| {
                 let s = super::decide::score(&version, e);
+                let outcome = decide(
+                    &Inputs {
+                        gold: None,
+                        strong: Some(StrongSide {
+                            probs: &s.probs,
+                            p_ik: s.p_ik,
+                            calibrated: s.source == PikSource::Trained,
+                        }),
+                        weak: None,
+                    },
+                    &decider.rule,
+                );
                 Prediction {
                     label: argmax(&s.probs)
                         .and_then(|l| task.label_name(l))
@@ -137,7 +159,11 @@ impl Service {
                     scores: Some(task.named(&s.probs)),
                     p_ik: Some(s.p_ik),
                     p_ik_source: s.source,
-                    trusted: Some(s.p_ik >= tau),
+                    trusted: Some(outcome.source == DecisionSource::Strong),
+                    reason: Some(format!(
+                        "as a decision with no weak or gold label: {}",
+                        outcome.reason
+                    )),
                     model_version: Some(version.version),
                 }
             })

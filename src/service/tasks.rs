@@ -193,9 +193,11 @@ impl Service {
             None
         };
         let updated = self.task(name).await?;
-        // A new τ changes decisions now; graph settings apply at the next graph update.
-        if updated.settings.tau != task.settings.tau {
-            self.rescore_task(&updated, "tau changed", &mut |_, _| {})
+        // Settings the decision rule reads change decisions now (a new target precision's
+        // threshold is fitted at the next job; null stops abstaining at once); graph settings
+        // apply at the next graph update.
+        if let Some(what) = decision_setting_changed(&task.settings, &updated.settings) {
+            self.rescore_task(&updated, &format!("{what} changed"), &mut |_, _| {})
                 .await?;
         }
         let job = job.map(|row| self.job_view(&updated, row));
@@ -218,6 +220,21 @@ impl Service {
         );
         Ok(())
     }
+}
+
+/// The first setting the decision rule reads that differs between `old` and `new`.
+fn decision_setting_changed(old: &TaskSettings, new: &TaskSettings) -> Option<&'static str> {
+    [
+        ("tau", old.tau != new.tau),
+        ("strong", old.strong != new.strong),
+        ("smoothing", old.smoothing != new.smoothing),
+        (
+            "target_precision",
+            old.target_precision != new.target_precision,
+        ),
+    ]
+    .into_iter()
+    .find_map(|(name, changed)| changed.then_some(name))
 }
 
 #[cfg(test)]
@@ -268,5 +285,28 @@ mod tests {
         assert_eq!(err.code(), "invalid_settings");
         let err = merge_settings(&base, Some(&serde_json::json!({"bogus": true}))).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn settings_the_rule_reads_are_told_apart_from_the_rest() {
+        let base = TaskSettings::default();
+        let with = |v: serde_json::Value| merge_settings(&base, Some(&v)).unwrap();
+        assert_eq!(decision_setting_changed(&base, &base), None);
+        // `selection` is fitted into the version's policy: it applies at the next job.
+        for unread in [
+            serde_json::json!({"knn_k": 5}),
+            serde_json::json!({"selection": "tau"}),
+        ] {
+            assert_eq!(decision_setting_changed(&base, &with(unread)), None);
+        }
+        for (field, value) in [
+            ("tau", serde_json::json!(0.7)),
+            ("strong", serde_json::json!("off")),
+            ("smoothing", serde_json::json!("on")),
+            ("target_precision", serde_json::json!(0.95)),
+        ] {
+            let changed = with(serde_json::json!({ field: value }));
+            assert_eq!(decision_setting_changed(&base, &changed), Some(field));
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! jobs with re-embedding, interrupted jobs after a restart, a restart on another base model,
 //! and the new-examples trigger.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::{assert_error, wait_job, Backend, ModelKind, Options, TestServer};
@@ -228,6 +229,83 @@ async fn predictions_follow_the_version(s: &TestServer) {
             .all(|e| e["p_ik"].is_number()),
         "{page}"
     );
+    forcing_strong_selection(s).await;
+}
+
+/// The current decisions' sources, counted.
+async fn decision_sources(s: &TestServer, task: &str) -> HashMap<String, usize> {
+    let (_, page) = s
+        .get(&format!("/v1/tasks/{task}/examples?limit=1000"))
+        .await;
+    let mut n = HashMap::new();
+    for e in page["examples"].as_array().unwrap() {
+        let source = e["decision"]["source"].as_str().unwrap_or("none");
+        *n.entry(source.to_string()).or_default() += 1;
+    }
+    n
+}
+
+/// Forcing strong selection off re-decides the task at once and /predict follows the task's
+/// rule, saying why. A task of its own on the τ rule, where τ = 0.5 gives the model some
+/// examples first; back to the fitted settings, the fitted decisions return.
+async fn forcing_strong_selection(s: &TestServer) {
+    s.post(
+        "/v1/tasks",
+        &json!({"name": "sel", "labels": ["neg", "pos"],
+                "settings": {"pik_min_gold": 20, "selection": "tau"}}),
+    )
+    .await;
+    ingest(s, "sel", 0..180, true).await;
+    let job = start_job(s, "sel", json!({"mode": "head"})).await;
+    assert_eq!(wait_job(s, "sel", job).await["state"], "succeeded");
+    let fitted = decision_sources(s, "sel").await;
+    let predict = || async {
+        let (status, p) = s
+            .post(
+                "/v1/tasks/sel/predict",
+                &json!({"texts": ["a great and lovely film"]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{p}");
+        p["predictions"][0].clone()
+    };
+    let steps = [
+        json!({"strong": "on", "tau": 0.5}),
+        json!({"strong": "off"}),
+        json!({"strong": "auto", "tau": "fit"}),
+    ];
+    for (step, settings) in steps.iter().enumerate() {
+        let (status, body) = s
+            .patch("/v1/tasks/sel", &json!({ "settings": settings }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let now = decision_sources(s, "sel").await;
+        let p = predict().await;
+        let reason = p["reason"].as_str().unwrap_or_default().to_string();
+        assert!(
+            reason.starts_with("as a decision with no weak or gold label: "),
+            "{p}"
+        );
+        assert_eq!(now.values().sum::<usize>(), 180);
+        // Trusted exactly when the task's rule takes the model alone.
+        let taken = reason.contains(">= tau") && !reason.contains("abstain");
+        assert_eq!(p["trusted"], taken, "{p}");
+        match step {
+            0 => {
+                assert!(now.get("strong").is_some_and(|&n| n > 0), "{now:?}");
+                let p_ik = p["p_ik"].as_f64().unwrap();
+                assert_eq!(p["trusted"], p_ik >= 0.5, "{p}");
+            }
+            1 => {
+                assert_eq!(now.get("strong"), None, "{now:?}");
+                assert_eq!(p["trusted"], false, "{p}");
+                assert!(reason.contains("strong selection is off"), "{p}");
+            }
+            _ => assert_eq!(now, fitted, "the fitted decisions again"),
+        }
+    }
+    let (status, _) = s.delete("/v1/tasks/sel").await;
+    assert_eq!(status, 204);
 }
 
 /// A second version, then roll back to the first.
