@@ -228,9 +228,10 @@ fn decision_setting_changed(old: &TaskSettings, new: &TaskSettings) -> Option<&'
         ("tau", old.tau != new.tau),
         ("strong", old.strong != new.strong),
         ("smoothing", old.smoothing != new.smoothing),
+        // A new target's threshold is fitted at the next job; dropping it stops abstaining.
         (
             "target_precision",
-            old.target_precision != new.target_precision,
+            old.target_precision.is_some() && new.target_precision.is_none(),
         ),
     ]
     .into_iter()
@@ -303,10 +304,20 @@ mod tests {
             ("tau", serde_json::json!(0.7)),
             ("strong", serde_json::json!("off")),
             ("smoothing", serde_json::json!("on")),
-            ("target_precision", serde_json::json!(0.95)),
         ] {
             let changed = with(serde_json::json!({ field: value }));
             assert_eq!(decision_setting_changed(&base, &changed), Some(field));
         }
+        let target = with(serde_json::json!({"target_precision": 0.95}));
+        assert_eq!(
+            decision_setting_changed(&base, &target),
+            None,
+            "fitted at the next job"
+        );
+        assert_eq!(
+            decision_setting_changed(&target, &base),
+            Some("target_precision"),
+            "dropped: no more abstaining"
+        );
     }
 }

@@ -456,6 +456,31 @@ async fn target_precision(s: &TestServer, truth: &HashMap<String, usize>, gold: 
         !items.is_empty() && items.iter().all(|i| i["decision"]["source"] == "abstain"),
         "abstentions lead the review queue: {queue:#}"
     );
+    // Dropping the target stops abstaining at once: each abstention becomes its suggestion.
+    let suggested: HashMap<String, Value> = examples
+        .iter()
+        .filter(|e| e["decision"]["source"] == "abstain")
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_string(),
+                e["decision"]["suggested_label"].clone(),
+            )
+        })
+        .collect();
+    let (status, body) = s
+        .patch(
+            "/v1/tasks/imb",
+            &json!({"settings": {"target_precision": null}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for e in all_examples(s, "imb").await {
+        let d = &e["decision"];
+        assert_ne!(d["source"], "abstain", "{e}");
+        if let Some(label) = suggested.get(e["id"].as_str().unwrap()) {
+            assert_eq!(&d["label"], label, "{e}");
+        }
+    }
 }
 
 both_backends!(imbalanced_labels_never_get_worse, super::imbalanced_task);
