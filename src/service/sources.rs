@@ -63,7 +63,10 @@ impl Service {
         let mut counts: Vec<SourceCounts> = Vec::new();
         for r in weak_labels::source_votes(pool, task.id).await? {
             if counts.last().is_none_or(|c| c.source != r.source) {
-                counts.push(SourceCounts::new(r.source.clone()));
+                counts.push(SourceCounts {
+                    source: r.source.clone(),
+                    ..Default::default()
+                });
             }
             if let Some(c) = counts.last_mut() {
                 c.add(&task, r);
@@ -114,6 +117,7 @@ impl Service {
 }
 
 /// One source's counts, summed over the labels it favoured.
+#[derive(Default)]
 struct SourceCounts {
     source: String,
     votes: i64,
@@ -125,18 +129,6 @@ struct SourceCounts {
 }
 
 impl SourceCounts {
-    fn new(source: String) -> Self {
-        Self {
-            source,
-            votes: 0,
-            gold_votes: 0,
-            gold_right: 0,
-            overlaps: 0,
-            conflicts: 0,
-            polarity: BTreeMap::new(),
-        }
-    }
-
     fn add(&mut self, task: &TaskCtx, r: weak_labels::SourceVoteRow) {
         self.votes += r.votes;
         self.gold_votes += r.gold_votes;

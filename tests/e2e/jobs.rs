@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::{assert_error, wait_job, Backend, ModelKind, Options, TestServer};
+use crate::data::all_examples;
 use serde_json::{json, Value};
 
 const POS: &[&str] = &["great", "superb", "lovely", "brilliant", "moving"];
@@ -234,11 +235,8 @@ async fn predictions_follow_the_version(s: &TestServer) {
 
 /// The current decisions' sources, counted.
 async fn decision_sources(s: &TestServer, task: &str) -> HashMap<String, usize> {
-    let (_, page) = s
-        .get(&format!("/v1/tasks/{task}/examples?limit=1000"))
-        .await;
     let mut n = HashMap::new();
-    for e in page["examples"].as_array().unwrap() {
+    for e in all_examples(s, task).await {
         let source = e["decision"]["source"].as_str().unwrap_or("none");
         *n.entry(source.to_string()).or_default() += 1;
     }

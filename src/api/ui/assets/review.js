@@ -6,8 +6,8 @@
 const TASK = document.body.dataset.task;
 const LABELS = JSON.parse(document.body.dataset.labels);
 const base = `/v1/tasks/${encodeURIComponent(TASK)}`;
-// `?order=sample` on the page's address: a fair random sample instead of the hardest first.
-const ORDER = new URLSearchParams(location.search).get("order") === "sample" ? "sample" : "priority";
+// `priority` or `sample`, as the server read the page's `?order=`.
+const ORDER = document.body.dataset.order;
 let queue = [];
 let pos = 0;
 let current = null;
