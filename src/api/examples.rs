@@ -86,7 +86,8 @@ pub async fn add_weak_labels(
     Ok(ok(state.service.example_view(&task, &id).await?))
 }
 
-/// Set an example's gold (human) label.
+/// Set an example's gold (human) label, optionally saying how the example was picked
+/// (`picked`: `random` or `review`; gold picked for review does not judge the checks).
 #[utoipa::path(put, path = "/v1/tasks/{task}/examples/{id}/gold", tag = "examples",
     params(("task" = String, Path), ("id" = String, Path)), request_body = GoldRequest,
     responses((status = 200, body = ExampleView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]

@@ -299,6 +299,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
         .zip(&pik.oof)
         .map(|((&r, s), &q)| PolicyCase {
             gold: ctx.truth[r],
+            judges: true,
             group: ctx.groups[r],
             strong: Some(StrongSide {
                 probs: &s.probs,

@@ -7,6 +7,7 @@
 pub mod adamw;
 pub mod confidence;
 pub mod finetune;
+pub mod gold;
 pub mod heads;
 pub mod label_model;
 pub mod metrics;

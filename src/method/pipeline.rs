@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::confidence::{CalibrationReport, TrustModel};
+use super::gold::GoldUse;
 use super::label_model::{LabelModel, SourceFit, Vote};
 use super::policy::Policy;
 use super::prior::PriorEstimate;
@@ -28,6 +29,10 @@ pub struct PipelineFit {
     pub policy: Policy,
     /// Whether the strong model trained on the decisions or on the raw weak labels.
     pub decision_targets: StageReport,
+    /// Which gold labels judged the stage checks and the class prior (absent in versions made
+    /// before gold said how it was picked).
+    #[serde(default)]
+    pub gold: Option<GoldUse>,
 }
 
 /// One stored weak label, by source name.

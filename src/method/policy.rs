@@ -29,6 +29,9 @@ pub enum Selection {
 #[derive(Debug, Clone, Copy)]
 pub struct PolicyCase<'a> {
     pub gold: usize,
+    /// Whether it judges strong selection's check (gold picked for review calibrates and
+    /// fits the thresholds but does not judge: `method::gold`).
+    pub judges: bool,
     pub strong: Option<StrongSide<'a>>,
     pub weak: Option<WeakSide>,
     /// Examples of one group stay in one fold when the arbiter is cross-fitted.
@@ -155,8 +158,9 @@ fn fit_arbiter(cases: &[PolicyCase], seed: u64) -> Option<(Arbiter, Vec<Option<A
     Some((all, per_case))
 }
 
-/// Checks strong selection against the weak side alone on gold (out-of-fold values), then
-/// measures the chosen rule's confidence and fits the target-precision threshold.
+/// Checks strong selection against the weak side alone on the judging gold (out-of-fold
+/// values), then measures the chosen rule's confidence and fits the target-precision
+/// threshold on all of it.
 pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
     let compare = cfg.selection == Selection::Confidence;
     let arbiter = if compare {
@@ -194,10 +198,11 @@ pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
         ..with.clone()
     };
     let strong = if cases.iter().any(|c| c.strong.is_some()) {
+        let judging: Vec<usize> = (0..cases.len()).filter(|&i| cases[i].judges).collect();
         let labels = |rule: &Rule| -> Vec<Option<usize>> {
-            (0..cases.len()).map(|i| decided(i, rule).label).collect()
+            judging.iter().map(|&i| decided(i, rule).label).collect()
         };
-        let gold: Vec<usize> = cases.iter().map(|c| c.gold).collect();
+        let gold: Vec<usize> = judging.iter().map(|&i| cases[i].gold).collect();
         let classes = cases
             .iter()
             .filter_map(|c| c.strong.map(|s| s.probs.len()))
@@ -288,6 +293,7 @@ mod tests {
                     calibrated: true,
                 }),
                 group: i as u64,
+                judges: true,
             })
             .collect();
         let cfg = PolicyConfig {
@@ -336,5 +342,19 @@ mod tests {
         let p = fit_policy(&worse, &cfg);
         assert!(!p.strong.on, "{:?}", p.strong);
         assert!(p.strong.reason.starts_with("bypassed"));
+        // The same cases beside the first ones but not judging (picked for review): the check
+        // sees only the first 200, where strong wins; all 400 still fit the threshold.
+        let mixed: Vec<PolicyCase> = cases
+            .iter()
+            .copied()
+            .chain(worse.iter().map(|c| PolicyCase {
+                judges: false,
+                ..*c
+            }))
+            .collect();
+        let p = fit_policy(&mixed, &cfg);
+        assert!(p.strong.on, "{:?}", p.strong);
+        assert_eq!(p.strong.gold, 200);
+        assert_eq!(p.target.unwrap().examples, 400);
     }
 }

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use super::ingest::DecisionView;
 use super::{parse_dist, Service, TaskCtx};
 use crate::error::{Error, Result};
+use crate::method::gold::GoldPicked;
 use crate::method::pik::PikSource;
 use crate::method::rule::DecisionSource;
 use crate::method::weak::argmax;
@@ -79,6 +80,8 @@ pub struct ExampleView {
     pub text: String,
     pub created_at: i64,
     pub gold_label: Option<String>,
+    /// How the gold label's example was picked, where the client said (`PUT …/gold`).
+    pub gold_picked: Option<GoldPicked>,
     pub weak_labels: Vec<WeakLabelView>,
     /// The weak labels combined: the source model's posterior, or their
     /// confidence-weighted mean while the source model is off.
@@ -252,6 +255,7 @@ impl Service {
             text: row.text.clone(),
             created_at: row.created_at,
             gold_label: task.name_of(row.gold_label),
+            gold_picked: GoldPicked::parse(row.gold_picked.as_deref()),
             weak_labels,
             weak_aggregate: parse_dist(row.weak.as_deref()).map(|w| task.label_scores(&w)),
             smoothed: parse_dist(row.smoothed.as_deref()).map(|r| task.label_scores(&r)),

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use super::validation::{check_weak_sources, parse_gold, parse_weak, Parsed, ParsedWeak};
 use super::{dist_json, record_phase, Service, TaskCtx};
 use crate::error::{Error, Result};
+use crate::method::gold::GoldPicked;
 use crate::method::pik::PikSource;
 use crate::method::pipeline::{aggregate_with, NamedVote, PipelineFit};
 use crate::method::rule::DecisionSource;
@@ -42,6 +43,10 @@ pub struct NewExample {
     pub weak_labels: Vec<WeakLabelIn>,
     /// A human label, if one is known.
     pub gold_label: Option<String>,
+    /// How the example came to be gold-labelled (`random` or `review`), as for
+    /// `PUT …/gold`; only with `gold_label`.
+    #[serde(default)]
+    pub gold_picked: Option<GoldPicked>,
 }
 
 /// A weak label: either `label` (a hard label) or `scores` (a distribution over the task's
@@ -83,6 +88,13 @@ pub struct WeakLabelsRequest {
 #[serde(deny_unknown_fields)]
 pub struct GoldRequest {
     pub label: String,
+    /// How the example came to be labelled: `random` (a random sample, such as the review
+    /// queue's `order=sample`) or `review` (picked as hard, such as the queue's default
+    /// order). Gold picked for review trains and calibrates but does not judge the stage
+    /// checks or the class prior while at least 30 other gold labels remain. Absent: not
+    /// said, and it judges.
+    #[serde(default)]
+    pub picked: Option<GoldPicked>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -125,6 +137,8 @@ pub struct IngestResponse {
 struct Labels<'a> {
     weak: &'a [ParsedWeak],
     gold: Option<usize>,
+    /// How the gold label's example was picked, where the client said.
+    picked: Option<GoldPicked>,
     /// The example was created by this request (no earlier weak labels to read back).
     new_example: bool,
 }
@@ -286,6 +300,7 @@ impl Service {
             let labels = Labels {
                 weak: &p.weak,
                 gold: p.gold,
+                picked: p.picked,
                 new_example: is_new,
             };
             self.write_labels(&mut tx, task, pipeline, id, labels, now)
@@ -313,6 +328,7 @@ impl Service {
         let Labels {
             weak,
             gold,
+            picked,
             new_example,
         } = labels;
         for w in weak {
@@ -350,7 +366,8 @@ impl Service {
             examples::set_weak_aggregate(tx.conn(), example_id, agg.as_deref(), label, now).await?;
         }
         if let Some(g) = gold {
-            examples::set_gold(tx.conn(), example_id, g as i64, now).await?;
+            let picked = picked.map(GoldPicked::as_str);
+            examples::set_gold(tx.conn(), example_id, g as i64, picked, now).await?;
         }
         Ok(())
     }
@@ -392,6 +409,7 @@ impl Service {
             let labels = Labels {
                 weak: &weak,
                 gold: None,
+                picked: None,
                 new_example: false,
             };
             self.write_labels(&mut tx, &task, pipeline, id, labels, now_ms())
@@ -417,6 +435,7 @@ impl Service {
             let labels = Labels {
                 weak: &[],
                 gold: Some(gold),
+                picked: req.picked,
                 new_example: false,
             };
             self.write_labels(&mut tx, &task, None, id, labels, now_ms())

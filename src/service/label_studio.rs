@@ -293,6 +293,7 @@ impl Service {
                 text: text.to_string(),
                 weak_labels,
                 gold_label: None,
+                gold_picked: None,
             });
         }
         // Within the server's batch limit per ingest; the order of ids is kept.
@@ -400,8 +401,15 @@ impl Service {
                     // Another annotation of the same task still stands: its label stays gold.
                     match projects::latest_label(self.store.pool(), task.id, id).await? {
                         Some(label) => {
-                            self.set_gold(task_name, id, super::ingest::GoldRequest { label })
-                                .await?;
+                            self.set_gold(
+                                task_name,
+                                id,
+                                super::ingest::GoldRequest {
+                                    label,
+                                    picked: None,
+                                },
+                            )
+                            .await?;
                             kept += 1;
                         }
                         None => withdrawn += usize::from(self.withdraw_gold(&task, id).await?),
@@ -470,6 +478,7 @@ impl Service {
                 text: text.into(),
                 weak_labels: vec![],
                 gold_label: None,
+                gold_picked: None,
             }];
             self.ingest(&task.name, IngestRequest { examples }).await?;
         }
@@ -478,6 +487,7 @@ impl Service {
             &id,
             super::ingest::GoldRequest {
                 label: label.clone(),
+                picked: None,
             },
         )
         .await?;

@@ -11,6 +11,7 @@ use super::decide::Decider;
 use super::{Service, TaskCtx};
 use crate::error::Result;
 use crate::method::confidence::{CalibrationReport, PrecisionThreshold};
+use crate::method::gold::GoldUse;
 use crate::method::pik::PikReport;
 use crate::method::policy::Selection;
 use crate::method::prior::PriorEstimate;
@@ -32,6 +33,9 @@ pub struct TaskReport {
     pub model_version: Option<i64>,
     pub examples: i64,
     pub gold: i64,
+    /// Which gold labels judged the last job's stage checks and class prior (gold picked for
+    /// review trains and calibrates but does not judge while 30 others remain).
+    pub gold_use: Option<GoldUse>,
     /// Current decisions by source.
     pub decisions: BTreeMap<String, i64>,
     /// Share of examples whose current decision carries a label (gold, strong, weak_refined).
@@ -135,6 +139,7 @@ impl Service {
             coverage: labelled as f64 / examples.max(1) as f64,
             decisions,
             stages,
+            gold_use: pipeline.and_then(|p| p.gold.clone()),
             prior: pipeline.map(|p| p.prior.clone()),
             selection: pipeline.map_or(s.selection, |p| p.policy.selection),
             tau: decider.rule.tau,

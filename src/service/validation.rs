@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use super::ingest::{IngestRequest, ScoresIn, WeakLabelIn};
 use super::{Service, TaskCtx};
 use crate::error::{Error, Result};
+use crate::method::gold::GoldPicked;
 use crate::method::weak::one_hot;
 
 #[derive(Debug, Clone)]
@@ -21,6 +22,7 @@ pub(super) struct Parsed<'a> {
     pub text: &'a str,
     pub weak: Vec<ParsedWeak>,
     pub gold: Option<usize>,
+    pub picked: Option<GoldPicked>,
 }
 
 const MAX_ID_CHARS: usize = 256;
@@ -252,11 +254,18 @@ impl Service {
                 .as_deref()
                 .map(|g| parse_gold(task, g, &format!("{at}.gold_label")))
                 .transpose()?;
+            if ex.gold_picked.is_some() && gold.is_none() {
+                return Err(invalid(
+                    "invalid_gold_picked",
+                    format!("{at}.gold_picked says how a gold label's example was picked: send it with gold_label"),
+                ));
+            }
             parsed.push(Parsed {
                 id: &ex.id,
                 text: &ex.text,
                 weak,
                 gold,
+                picked: ex.gold_picked,
             });
         }
         Ok(parsed)

@@ -38,6 +38,8 @@ pub struct ExampleRow {
     pub text: String,
     pub gold_label: Option<i64>,
     pub gold_at: Option<i64>,
+    /// How the example came to be gold-labelled (`GoldPicked`), where the client said.
+    pub gold_picked: Option<String>,
     /// JSON array: the weak aggregate (the source model's posterior, or the mean).
     pub weak: Option<String>,
     pub encoder_id: Option<String>,
@@ -65,7 +67,7 @@ pub struct ExampleRow {
     pub updated_at: i64,
 }
 
-pub const COLUMNS: &str = "id, task_id, external_id, text, gold_label, gold_at, weak, encoder_id, \
+pub const COLUMNS: &str = "id, task_id, external_id, text, gold_label, gold_at, gold_picked, weak, encoder_id, \
      smoothed, refined, refined_label, pred_label, pred_probs, p_ik, p_ik_source, scored_version_id, \
      decision_id, decision_label, decision_source, confidence, confidence_source, suggested_label, \
      dirty, created_at, updated_at";
@@ -187,13 +189,15 @@ pub async fn set_gold(
     conn: &mut AnyConnection,
     id: i64,
     label: i64,
+    picked: Option<&str>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE examples SET gold_label = $1, gold_at = $2, dirty = 1, updated_at = $2 WHERE id = $3",
+        "UPDATE examples SET gold_label = $1, gold_at = $2, gold_picked = $3, dirty = 1, updated_at = $2 WHERE id = $4",
     )
     .bind(label)
     .bind(now)
+    .bind(picked)
     .bind(id)
     .execute(conn)
     .await?;
@@ -203,7 +207,7 @@ pub async fn set_gold(
 /// Withdraws the gold label (an annotation deleted in an annotation tool).
 pub async fn clear_gold(conn: &mut AnyConnection, id: i64, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE examples SET gold_label = NULL, gold_at = NULL, dirty = 1, updated_at = $1 WHERE id = $2",
+        "UPDATE examples SET gold_label = NULL, gold_at = NULL, gold_picked = NULL, dirty = 1, updated_at = $1 WHERE id = $2",
     )
     .bind(now)
     .bind(id)
@@ -633,6 +637,7 @@ pub struct TrainingRow {
     pub embedding: Option<Vec<u8>>,
     pub encoder_id: Option<String>,
     pub gold_label: Option<i64>,
+    pub gold_picked: Option<String>,
     pub weak: Option<String>,
     pub smoothed: Option<String>,
     pub refined: Option<String>,
@@ -648,7 +653,7 @@ pub async fn training_rows_page<'c, E: Executor<'c, Database = Any>>(
     limit: i64,
 ) -> Result<Vec<TrainingRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, embedding, encoder_id, gold_label, weak, smoothed, refined, decision_label, decision_source, confidence \
+        "SELECT id, embedding, encoder_id, gold_label, gold_picked, weak, smoothed, refined, decision_label, decision_source, confidence \
          FROM examples WHERE task_id = $1 AND id > $2 ORDER BY id LIMIT $3",
     )
     .bind(task_id)

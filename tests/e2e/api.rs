@@ -342,6 +342,16 @@ async fn invalid_examples_write_nothing(s: &TestServer) {
         ),
         (example("x", "   ", json!([])), 422, "empty_text"),
         (
+            json!({"id": "x", "text": "t", "gold_picked": "review"}),
+            422,
+            "invalid_gold_picked",
+        ),
+        (
+            json!({"id": "x", "text": "t", "gold_label": "neg", "gold_picked": "later"}),
+            422,
+            "invalid_body",
+        ),
+        (
             example("x", &"long ".repeat(20), json!([])),
             422,
             "text_too_long",

@@ -79,6 +79,7 @@ async fn lifecycle(backend: Backend) {
     )
     .await;
     ingest(&s, "t", 0..180, true).await;
+    review_picked_gold(&s).await;
     let queued = queue_rules(&s).await;
     // With a job runner the queued job runs.
     s.stop().await;
@@ -91,6 +92,53 @@ async fn lifecycle(backend: Backend) {
     interrupted_job_is_failed_and_retried(&mut s).await;
     another_base_model(&mut s).await;
     s.finish().await;
+}
+
+/// Gold labels that say how their example was picked: 20 more, picked for review (all of one
+/// class), beside the 60 unsaid. The job (`first_version`) trains and calibrates on all 80
+/// but judges its checks and the class prior on the 60.
+async fn review_picked_gold(s: &TestServer) {
+    // All "neg", where the other gold is half and half: a hard-first queue that leans.
+    for i in (0..120).filter(|i| i % 3 != 0 && i % 2 == 0).take(20) {
+        let label = ["neg", "pos"][text(i).1];
+        let (status, view) = s
+            .put(
+                &format!("/v1/tasks/t/examples/e{i}/gold"),
+                &json!({"label": label, "picked": "review"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(
+            (view["gold_label"].as_str(), view["gold_picked"].as_str()),
+            (Some(label), Some("review"))
+        );
+    }
+    let (_, unsaid) = s.get("/v1/tasks/t/examples/e0").await;
+    assert_eq!(unsaid["gold_picked"], Value::Null, "{unsaid}");
+    // Ingest can say it too: e3 (already gold, unsaid) re-sent as a random pick.
+    let (t, l) = text(3);
+    let label = ["neg", "pos"][l];
+    let (status, body) = s
+        .post(
+            "/v1/tasks/t/examples",
+            &json!({"examples": [{"id": "e3", "text": t, "gold_label": label, "gold_picked": "random"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, e3) = s.get("/v1/tasks/t/examples/e3").await;
+    assert_eq!(e3["gold_picked"], "random", "{e3}");
+    let bad = s
+        .put(
+            "/v1/tasks/t/examples/e2/gold",
+            &json!({"label": "neg", "picked": "by hand"}),
+        )
+        .await;
+    assert_error(&bad, 422, "invalid_body");
+    let (_, kept) = s.get("/v1/tasks/t/examples/e2").await;
+    assert_eq!(
+        kept["gold_picked"], "review",
+        "a refused write changes nothing"
+    );
 }
 
 /// One job per task: a second request while the first is queued gets 409 naming it;
@@ -170,7 +218,35 @@ async fn first_version(s: &TestServer, id: i64) {
         job["metrics"]["pik"]["brier"].is_number() && job["metrics"]["pik"]["ece"].is_number(),
         "{job}"
     );
-    assert_eq!(job["metrics"]["pik"]["calibration_examples"], 60);
+    // Every gold label calibrates: P(IK) on all 80. The 20 picked for review do not judge:
+    // the stage checks and the class prior rest on the other 60.
+    assert_eq!(job["metrics"]["pik"]["calibration_examples"], 80);
+    let gold = &job["metrics"]["gold"];
+    assert_eq!(
+        (&gold["labels"], &gold["review_picked"], &gold["judging"]),
+        (&json!(80), &json!(20), &json!(60)),
+        "{job}"
+    );
+    assert!(
+        gold["reason"].as_str().unwrap().contains(
+            "the 20 picked for review (\"neg\" is 100% of them, 50% of the others) train and calibrate but do not judge"
+        ),
+        "{gold}"
+    );
+    let (_, report) = s.get("/v1/tasks/t/report").await;
+    assert_eq!(report["gold_use"], *gold, "{report}");
+    assert_eq!(report["gold"], 80);
+    assert_eq!(
+        (&report["prior"]["source"], &report["prior"]["examples"]),
+        (&json!("gold"), &json!(60)),
+        "{report}"
+    );
+    let stages = job["metrics"]["stages"].as_array().unwrap();
+    assert!(
+        stages.iter().all(|s| s["gold"].as_u64() <= Some(60)),
+        "{job}"
+    );
+    assert!(stages.iter().any(|s| s["gold"] == 60), "{job}");
     // The job checked each label-changing stage on gold and says why it is on or off.
     let stages = job["metrics"]["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 4, "{job}");
@@ -183,7 +259,7 @@ async fn first_version(s: &TestServer, id: i64) {
             .unwrap()
             > 0
     );
-    assert_eq!(job["metrics"]["training"]["examples_by_source"]["gold"], 60);
+    assert_eq!(job["metrics"]["training"]["examples_by_source"]["gold"], 80);
     assert_error(
         &s.post(&format!("/v1/tasks/t/jobs/{}/retry", job["id"]), &json!({}))
             .await,

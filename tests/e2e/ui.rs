@@ -246,6 +246,7 @@ async fn dashboard_in_a_browser(backend: Backend) {
                active: document.querySelector('#models tr[data-version=\"1\"]').textContent,
                sources: [...document.querySelectorAll('#sources tbody tr[data-source]')].map((r) => r.dataset.source),
                thresholds: document.getElementById('thresholds').textContent,
+               gold_use: document.getElementById('gold_use').textContent,
              };",
             vec![],
         )
@@ -259,6 +260,15 @@ async fn dashboard_in_a_browser(backend: Backend) {
     assert_eq!(
         charts["thresholds"],
         json!(format!("train_precision: {train_reason}"))
+    );
+    // Every gold label was sent without `picked`: all 80 judge, as the page says.
+    assert_eq!(d["report"]["gold_use"]["judging"], 80, "{}", d["report"]);
+    assert_eq!(
+        charts["gold_use"],
+        json!(format!(
+            "Gold: {}.",
+            d["report"]["gold_use"]["reason"].as_str().unwrap()
+        ))
     );
     let shares = &d["shares"];
     assert_eq!(
@@ -386,6 +396,7 @@ async fn dashboard_in_a_browser(backend: Backend) {
             ["negative", "positive"][*label],
             "{id} was labelled from the review page"
         );
+        assert_eq!(e["gold_picked"], "review", "hardest first: {e}");
     }
     // The page links to the fair sample, which shows the API's first sampled example.
     let link = driver
@@ -418,6 +429,33 @@ async fn dashboard_in_a_browser(backend: Backend) {
     assert!(
         said.starts_with("fair sample") && said.contains("| Fair sample"),
         "{said}"
+    );
+    // Labelled from the fair sample, it says so.
+    let id = shown.as_str().unwrap().to_string();
+    let label = truth.iter().find(|(e, _)| *e == id).expect("a seeded id").1;
+    c.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys(&(label + 1).to_string())
+        .await
+        .unwrap();
+    driver
+        .wait_for(
+            "the sampled label to be sent",
+            &format!(
+                "return document.getElementById('status').textContent.startsWith({})",
+                json!(id)
+            ),
+        )
+        .await;
+    let (_, e) = s.get(&format!("/v1/tasks/reviews/examples/{id}")).await;
+    assert_eq!(
+        (&e["gold_label"], &e["gold_picked"]),
+        (
+            &json!(["negative", "positive"][label].to_string()),
+            &json!("random")
+        ),
+        "{e}"
     );
 
     // Rollback from the page: a second job makes v2 active; the v1 button activates v1 again.

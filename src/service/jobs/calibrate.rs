@@ -81,7 +81,7 @@ impl Service {
             classes: k,
             sources: data.sources.len(),
             votes: &data.votes,
-            gold: &data.gold,
+            gold: &data.judge,
         };
         let sources = tokio::task::block_in_place(|| {
             fit_sources(
@@ -100,7 +100,7 @@ impl Service {
         progress.check()?;
 
         let mut gold_counts = vec![0usize; k];
-        for g in data.gold.iter().flatten() {
+        for g in data.judge.iter().flatten() {
             gold_counts[*g] += 1;
         }
         let mut mass = vec![0.0f64; k];
@@ -128,7 +128,7 @@ impl Service {
             .map(|(&id, a)| (id, a.clone()))
             .collect();
         // Only a head job checks its decision targets (a full job fine-tunes once, on them).
-        let gold_rows = data.gold_rows();
+        let gold_rows = data.judging_rows();
         let blind = checks_targets
             && s.decision_targets == StageMode::Auto
             && s.smoothing != StageMode::Off
@@ -161,7 +161,7 @@ impl Service {
         let smoothed = by_row(&smoothed_by_id);
         let (mut gold, mut input, mut output) = (vec![], vec![], vec![]);
         for &i in &gold_rows {
-            let Some(g) = data.gold[i] else { continue };
+            let Some(g) = data.judge[i] else { continue };
             gold.push(g);
             input.push(label_of(aggregate[i].as_ref()));
             output.push(label_of(smoothed[i].as_ref().or(aggregate[i].as_ref())));
@@ -213,7 +213,9 @@ impl Service {
             refined_without_gold,
             gold_weak: HashMap::new(),
         };
-        let rows: Vec<usize> = gold_rows
+        // Every gold label calibrates: the trust model is conditional on its features.
+        let rows: Vec<usize> = data
+            .gold_rows()
             .into_iter()
             .filter(|&i| fit.evidence(data, i).is_some())
             .collect();

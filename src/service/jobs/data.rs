@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use futures::TryStreamExt;
 
 use crate::error::{Error, Result};
+use crate::method::gold::{judging_gold, GoldPicked, GoldUse};
 use crate::method::label_model::Vote;
 use crate::method::rule::DecisionSource;
 use crate::service::{parse_dist, Service, TaskCtx};
@@ -21,7 +22,12 @@ pub(crate) struct TaskData {
     pub ids: Vec<i64>,
     /// The embedding, when the task's current encoder made it.
     pub embedding: Vec<Option<Vec<f32>>>,
+    /// Every gold label: what trains and calibrates.
     pub gold: Vec<Option<usize>>,
+    /// The gold labels that judge the stage checks and the class prior (`method::gold`: all
+    /// but those picked for review, while enough others remain).
+    pub judge: Vec<Option<usize>>,
+    pub gold_use: GoldUse,
     /// The current decision.
     pub decision: Vec<Option<(Option<usize>, DecisionSource)>>,
     /// The current decision's confidence.
@@ -41,6 +47,13 @@ impl TaskData {
             .filter(|&i| self.gold[i].is_some())
             .collect()
     }
+
+    /// The rows whose gold judges.
+    pub fn judging_rows(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.judge[i].is_some())
+            .collect()
+    }
 }
 
 impl Service {
@@ -52,6 +65,8 @@ impl Service {
             ids: vec![],
             embedding: vec![],
             gold: vec![],
+            judge: vec![],
+            gold_use: judging_gold(&[], &[], &[]).1,
             decision: vec![],
             confidence: vec![],
             sources: vec![],
@@ -59,6 +74,7 @@ impl Service {
         };
         let mut source_index: HashMap<String, usize> = HashMap::new();
         let mut named: Vec<Vec<(usize, Vec<f32>, f32)>> = vec![];
+        let mut picked: Vec<Option<GoldPicked>> = vec![];
         let pool = self.store.pool();
         let mut after = 0;
         let mut pages = std::pin::pin!(keyset_pages(
@@ -95,6 +111,7 @@ impl Service {
                         .and_then(|g| usize::try_from(g).ok())
                         .filter(|&g| g < k),
                 );
+                picked.push(GoldPicked::parse(r.gold_picked.as_deref()));
                 data.decision.push(
                     r.decision_source
                         .as_deref()
@@ -118,6 +135,7 @@ impl Service {
                 "the task has no examples: ingest examples with weak or gold labels first",
             ));
         }
+        (data.judge, data.gold_use) = judging_gold(&task.labels, &data.gold, &picked);
         // Sources in name order, so indices do not depend on which example came first.
         let mut names: Vec<(String, usize)> = source_index.into_iter().collect();
         names.sort();

@@ -278,6 +278,7 @@ impl Service {
                 .filter_map(|((i, probs), &q)| {
                     Some(PolicyCase {
                         gold: data.gold[*i]?,
+                        judges: data.judge[*i].is_some(),
                         group: data.ids[*i] as u64,
                         strong: Some(StrongSide {
                             probs,
@@ -307,6 +308,7 @@ impl Service {
             trust_reason: weak.trust.reason,
             policy,
             decision_targets: trained.targets.clone(),
+            gold: Some(data.gold_use.clone()),
         };
         let training = json!({ "examples_by_source": counts, "targets": task.settings.targets, "train_on": task.settings.train_on, "head": trained.summary });
         let publish = Publish {
@@ -325,6 +327,7 @@ impl Service {
                 "changed_decisions": changed,
                 "pik": trained.pik.report,
                 "stages": [pipeline.source_model.stage, pipeline.smoothing, pipeline.policy.strong, pipeline.decision_targets],
+                "gold": pipeline.gold,
                 "training": training,
             }),
             version_id: Some(version_id),
@@ -564,7 +567,7 @@ fn train_heads(
         let (mut gold, mut input, mut output) = (vec![], vec![], vec![]);
         for (p, probs) in &checked_oof {
             let row = checked.rows[*p];
-            let (Some(g), Some(r)) = (data.gold[row], by_row.get(&row)) else {
+            let (Some(g), Some(r)) = (data.judge[row], by_row.get(&row)) else {
                 continue;
             };
             gold.push(g);

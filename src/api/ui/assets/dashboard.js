@@ -160,6 +160,8 @@ function lossChart(d) {
 }
 
 function tables(d) {
+  const use = d.report.gold_use;
+  document.getElementById("gold_use").textContent = use ? `Gold: ${use.reason}.` : "";
   document.querySelector("#stages tbody").innerHTML = d.report.stages.map((s) =>
     `<tr data-stage="${esc(s.stage)}"><td>${esc(s.stage)}</td><td>${s.on ? "on" : "off"}</td><td class="num">${s.gold}</td>
      <td class="num">${pct(s.input_accuracy)}</td><td class="num">${pct(s.output_accuracy)}</td><td class="num">${s.wins} / ${s.losses}</td><td>${esc(s.reason)}</td></tr>`).join("");

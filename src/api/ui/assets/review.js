@@ -1,7 +1,8 @@
 // The review queue page: one example at a time from GET /v1/tasks/{task}/review_queue, with what
 // sw2s knows about it (GET …/examples/{id}); a number key or a click sets the gold label
 // (PUT …/examples/{id}/gold) and moves on. With `?order=sample` it offers a fair random sample
-// instead, so that the gold stays representative of the task.
+// instead, so that the gold stays representative of the task; each label says which order
+// picked it (`picked`: random or review).
 "use strict";
 const TASK = document.body.dataset.task;
 const LABELS = JSON.parse(document.body.dataset.labels);
@@ -66,7 +67,9 @@ async function label(name) {
   busy = true;
   const id = current.id;
   try {
-    await api(`/examples/${encodeURIComponent(id)}/gold`, { method: "PUT", body: JSON.stringify({ label: name }) });
+    // Saying how the example was picked keeps hard-first gold out of the task's checks.
+    const picked = ORDER === "sample" ? "random" : "review";
+    await api(`/examples/${encodeURIComponent(id)}/gold`, { method: "PUT", body: JSON.stringify({ label: name, picked }) });
     document.getElementById("status").textContent = `${id} → ${name}`;
     await next();
   } catch (e) { showError(e); } finally { busy = false; }
