@@ -1,7 +1,7 @@
 //! The review queue: the examples a human label would help most, with the reason; or a
-//! fair sample of the unlabelled ones, because every gold check, the prior and the
-//! target-precision threshold assume gold labels are a random sample of the task, which
-//! labels given where the model is least sure are not.
+//! fair sample of the unlabelled ones, because every gold check and the prior assume gold
+//! labels are a random sample of the task, which labels given where the model is least sure
+//! are not. Each item says what to send as `picked` with its label (`method::gold`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::examples::ExampleSummary;
 use super::Service;
 use crate::error::{Error, Result};
+use crate::method::gold::GoldPicked;
 use crate::store::examples;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -17,6 +18,9 @@ pub struct ReviewItem {
     pub example: ExampleSummary,
     /// Why a human label would help here.
     pub reason: String,
+    /// What to send as `picked` with its gold label (`PUT …/gold`): `review` from the
+    /// priority order, whose gold does not judge the checks; `random` from the fair sample.
+    pub picked: GoldPicked,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -35,6 +39,14 @@ pub enum ReviewOrder {
 }
 
 impl ReviewOrder {
+    /// How a gold label given from this order picked its example.
+    pub fn picked(self) -> GoldPicked {
+        match self {
+            Self::Priority => GoldPicked::Review,
+            Self::Sample => GoldPicked::Random,
+        }
+    }
+
     pub fn parse(s: Option<&str>) -> Result<Self> {
         match s {
             None | Some("priority") => Ok(Self::Priority),
@@ -112,7 +124,11 @@ impl Service {
                     (_, _, Some(q)) => format!("low P(IK) ({q:.2}): the strong model is unsure"),
                     _ => "no trained model yet; labels here seed the first one".into(),
                 };
-                ReviewItem { example: super::examples::summary(&task, r), reason }
+                ReviewItem {
+                    example: super::examples::summary(&task, r),
+                    reason,
+                    picked: order.picked(),
+                }
             })
             .collect();
         Ok(ReviewQueue { items })

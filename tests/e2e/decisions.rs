@@ -124,9 +124,9 @@ async fn decision_log(backend: Backend) {
     assert_eq!(status, 200, "{queue}");
     let items = queue["items"].as_array().unwrap();
     assert_eq!(items.len(), 5);
-    assert!(items
-        .iter()
-        .all(|i| i["gold_label"].is_null() && !i["reason"].as_str().unwrap().is_empty()));
+    assert!(items.iter().all(|i| i["gold_label"].is_null()
+        && !i["reason"].as_str().unwrap().is_empty()
+        && i["picked"] == "review"));
     assert_error(
         &s.get("/v1/tasks/t/review_queue?limit=0").await,
         422,
@@ -146,7 +146,8 @@ async fn decision_log(backend: Backend) {
             assert_eq!(status, 200, "{q}");
             let items = q["items"].as_array().cloned().unwrap_or_default();
             assert!(items.iter().all(|i| i["gold_label"].is_null()
-                && i["reason"].as_str().unwrap().starts_with("fair sample")));
+                && i["reason"].as_str().unwrap().starts_with("fair sample")
+                && i["picked"] == "random"));
             items
                 .iter()
                 .map(|i| i["id"].as_str().unwrap().to_string())

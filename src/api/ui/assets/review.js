@@ -67,9 +67,9 @@ async function label(name) {
   busy = true;
   const id = current.id;
   try {
-    // Saying how the example was picked keeps hard-first gold out of the task's checks.
-    const picked = ORDER === "sample" ? "random" : "review";
-    await api(`/examples/${encodeURIComponent(id)}/gold`, { method: "PUT", body: JSON.stringify({ label: name, picked }) });
+    // The queue says how it picked the example; sent back, it keeps hard-first gold out of
+    // the task's checks.
+    await api(`/examples/${encodeURIComponent(id)}/gold`, { method: "PUT", body: JSON.stringify({ label: name, picked: current.picked }) });
     document.getElementById("status").textContent = `${id} → ${name}`;
     await next();
   } catch (e) { showError(e); } finally { busy = false; }
