@@ -106,6 +106,8 @@ pub struct ExampleSummary {
     pub id: String,
     pub text: String,
     pub gold_label: Option<String>,
+    /// How the gold label's example was picked, where the client said.
+    pub gold_picked: Option<GoldPicked>,
     pub weak_label: Option<String>,
     pub refined_label: Option<String>,
     /// The active model version's prediction and P(IK) (null without one).
@@ -306,6 +308,7 @@ pub fn summary(task: &TaskCtx, r: &ExampleRow) -> ExampleSummary {
         id: r.external_id.clone(),
         text: r.text.clone(),
         gold_label: task.name_of(r.gold_label),
+        gold_picked: GoldPicked::parse(r.gold_picked.as_deref()),
         weak_label: parse_dist(r.weak.as_deref())
             .and_then(|w| argmax(&w))
             .and_then(|l| task.label_name(l))

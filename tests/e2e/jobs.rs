@@ -115,6 +115,19 @@ async fn review_picked_gold(s: &TestServer) {
     }
     let (_, unsaid) = s.get("/v1/tasks/t/examples/e0").await;
     assert_eq!(unsaid["gold_picked"], Value::Null, "{unsaid}");
+    // The example list says it too.
+    let (_, page) = s.get("/v1/tasks/t/examples?limit=3").await;
+    let picked: Vec<&Value> = page["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["gold_picked"])
+        .collect();
+    assert_eq!(
+        picked,
+        [&Value::Null, &Value::Null, &json!("review")],
+        "{page}"
+    );
     // Ingest can say it too: e3 (already gold, unsaid) re-sent as a random pick.
     let (t, l) = text(3);
     let label = ["neg", "pos"][l];
