@@ -86,7 +86,10 @@ def main():
     r = sw.post(f"{S}/v1/tasks", json={"name": TASK, "labels": names})
     check(r.status_code == 201, f"sw2s task {TASK} created ({r.status_code})")
 
-    r = ls.post(f"{L}/api/projects", json={"title": "sw2s live", "label_config": CONFIG})
+    # Uniform sampling: Label Studio hands out tasks at random, so its gold is a fair sample
+    # (sw2s reads the project's sampling from each webhook as the gold label's `picked`).
+    r = ls.post(f"{L}/api/projects", json={"title": "sw2s live", "label_config": CONFIG,
+                                           "sampling": "Uniform sampling"})
     check(r.status_code == 201, f"Label Studio project created ({r.status_code} {r.text[:200]})")
     project = r.json()["id"]
     tasks = [{"data": {"text": x["text"], "weak_labels": [{"source": "noisy-rater", "label": x["weak"], "confidence": args.weak_accuracy}]}} for x in rows]
@@ -177,6 +180,8 @@ def main():
         if not poll(lambda: gold(tid) == label):
             check(False, f"ls-{tid} is gold {label!r} in sw2s")
     check(True, f"all {len(annotated)} annotations are gold labels in sw2s")
+    picked = {sw.get(f"{S}/v1/tasks/{TASK}/examples/ls-{tid}").json().get("gold_picked") for tid, _, _ in annotated}
+    check(picked == {"random"}, f"each says it was picked at random, from the project's uniform sampling ({picked})")
     # A deleted annotation withdraws its gold label; made again, it is back.
     tid, aid, label = annotated[0]
     r = ls.delete(f"{L}/api/annotations/{aid}")

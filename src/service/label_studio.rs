@@ -5,7 +5,8 @@
 //!
 //! The score of a prediction is the calibrated probability that its label is right (the
 //! decision's confidence), so Label Studio's "sort by prediction score" puts the labels most
-//! worth a human look first.
+//! worth a human look first. An annotation's gold label says how its task was picked from
+//! the project's sampling (`picked_by`), so uncertainty sampling's gold does not judge.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -17,6 +18,7 @@ use super::ingest::{IngestRequest, NewExample, WeakLabelIn};
 use super::jobs::CreateJob;
 use super::{parse_dist, Service, TaskCtx};
 use crate::error::{Error, Result};
+use crate::method::gold::GoldPicked;
 use crate::store::examples::{self, ExampleRow};
 use crate::store::label_studio::{self as projects, ProjectRow};
 use crate::store::now_ms;
@@ -356,8 +358,9 @@ impl Service {
                         .find(|t| t["id"].as_i64() == Some(ls_id))
                         .copied()
                         .unwrap_or(&Value::Null);
+                    let picked = picked_by(&body["project"]);
                     if let Some(done) = self
-                        .ls_annotation(&task, &project, annotation, ls_id, ls_task)
+                        .ls_annotation(&task, &project, annotation, ls_id, ls_task, picked)
                         .await?
                     {
                         applied.push(done);
@@ -440,6 +443,7 @@ impl Service {
         annotation: &Value,
         ls_id: i64,
         ls_task: &Value,
+        picked: Option<GoldPicked>,
     ) -> Result<Option<String>> {
         if annotation["was_cancelled"] == true {
             return Ok(None);
@@ -487,7 +491,7 @@ impl Service {
             &id,
             super::ingest::GoldRequest {
                 label: label.clone(),
-                picked: None,
+                picked,
             },
         )
         .await?;
@@ -545,6 +549,17 @@ impl Service {
 }
 
 /// A Label Studio task reference: its id, or the task object itself.
+/// How a Label Studio project hands tasks to annotators (its `sampling`, sent with every
+/// webhook's project): uncertainty sampling picks the least confident first (the review
+/// queue's way), uniform sampling at random; sequential order says nothing either way.
+pub fn picked_by(project: &Value) -> Option<GoldPicked> {
+    match project["sampling"].as_str()? {
+        "Uncertainty sampling" => Some(GoldPicked::Review),
+        "Uniform sampling" => Some(GoldPicked::Random),
+        _ => None,
+    }
+}
+
 fn ls_task_id(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v["id"].as_i64())
 }
@@ -632,5 +647,15 @@ mod tests {
         assert_eq!(project_id(&json!("3.1716213")).as_deref(), Some("3"));
         assert_eq!(project_id(&json!({"id": 7})).as_deref(), Some("7"));
         assert_eq!(project_id(&json!(null)), None);
+    }
+
+    #[test]
+    fn the_projects_sampling_says_how_gold_was_picked() {
+        let p = |sampling: Value| picked_by(&json!({"id": 1, "sampling": sampling}));
+        assert_eq!(p(json!("Uncertainty sampling")), Some(GoldPicked::Review));
+        assert_eq!(p(json!("Uniform sampling")), Some(GoldPicked::Random));
+        assert_eq!(p(json!("Sequential sampling")), None);
+        assert_eq!(p(json!(null)), None);
+        assert_eq!(picked_by(&json!({"id": 1})), None);
     }
 }

@@ -292,6 +292,25 @@ async fn label_studio_backend(backend: Backend) {
     let (status, versions) = ls(&s, "/versions", None).await;
     assert_eq!(status, 200);
     assert_eq!(versions["versions"][0], "v1", "{versions}");
+    let (_, e) = s.get("/v1/tasks/t/examples/ls-42").await;
+    assert_eq!(e["gold_picked"], Value::Null, "sequential or unsaid: {e}");
+    // A project on uncertainty sampling hands out its least confident tasks first: its
+    // annotations are gold picked for review; on uniform sampling, picked at random.
+    for (task_id, sampling, picked) in [
+        (43, "Uncertainty sampling", "review"),
+        (44, "Uniform sampling", "random"),
+    ] {
+        let mut event = annotation("ANNOTATION_CREATED", task_id, "neg");
+        event["project"]["sampling"] = json!(sampling);
+        let (status, r) = ls(&s, "/webhook", Some(event)).await;
+        assert_eq!(status, 200, "{r}");
+        let (_, e) = s.get(&format!("/v1/tasks/t/examples/ls-{task_id}")).await;
+        assert_eq!(
+            (&e["gold_label"], &e["gold_picked"]),
+            (&json!("neg"), &json!(picked)),
+            "{sampling}: {e}"
+        );
+    }
     s.finish().await;
 }
 both_backends!(label_studio_requests_replayed, super::label_studio_backend);
