@@ -7,8 +7,8 @@
 //! review"). So gold the client says was picked for review does not judge while at least
 //! `MIN_JUDGING_GOLD` other gold labels remain. It still trains, and it still calibrates the
 //! confidences (P(IK), the trust model, the arbiter) and fits the precision thresholds:
-//! those are conditional on the features the queue picked by, and on hard examples a
-//! threshold only errs towards caution.
+//! those are conditional on the features the queue picked by, and fitted on hard examples
+//! the thresholds erred towards caution where it was measured.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
