@@ -3,7 +3,7 @@
 
 Two tasks get the same examples: SST-2 sentences with 25% negatives and one weak source
 that calls a negative positive 40% of the time and a positive negative 10% (the experiment's
-`flip:0.1,0.4`), target precision 0.9. Each gets the same 200 gold labels on a random sample
+`flip:0.1,0.4`; `--negatives` and `--flip` change both), target precision 0.9. Each gets the same 200 gold labels on a random sample
 (`picked: random`) and a head job; then each labels the first 300 of its own review queue
 (hardest first) and runs a second job. Task `unsaid` sends those 300 without `picked` (so
 they judge the checks and the class prior, as every gold label did before `picked` existed);
@@ -14,6 +14,7 @@ would have given), and the precision and coverage of the
 accepted (non-abstaining) decisions, beside what the report says about the threshold.
 
     python3 scripts/gold_picked.py URL [DATASETS_DIR] [--seed N] [--examples N]
+        [--negatives 0.25] [--flip 0.4 0.1]
 
 URL is a running server (e.g. http://127.0.0.1:18080, started with `sw2s serve`). The data
 is read from DATASETS_DIR (else SW2S_DATASETS, else ../shared/datasets); nothing is written
@@ -81,12 +82,15 @@ def main():
     ap.add_argument("--examples", type=int, default=3000)
     ap.add_argument("--random-gold", type=int, default=200)
     ap.add_argument("--review-gold", type=int, default=300)
+    ap.add_argument("--negatives", type=float, default=0.25, help="share of negative sentences")
+    ap.add_argument("--flip", type=float, nargs=2, default=(0.4, 0.1), metavar=("NEG", "POS"),
+                    help="how often the weak source flips a negative / a positive")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     with open(os.path.join(a.datasets, "sst2", "train.jsonl")) as f:
         rows = [json.loads(l) for l in f]
     rng.shuffle(rows)
-    neg = [r for r in rows if r["label"] == 0][: a.examples // 4]
+    neg = [r for r in rows if r["label"] == 0][: round(a.examples * a.negatives)]
     pos = [r for r in rows if r["label"] == 1][: a.examples - len(neg)]
     task_rows = neg + pos
     rng.shuffle(task_rows)
@@ -94,7 +98,7 @@ def main():
     truth = {r["id"]: r["label"] for r in task_rows}
     examples = []
     for r in task_rows:
-        flip = rng.random() < (0.4 if r["label"] == 0 else 0.1)
+        flip = rng.random() < a.flip[0 if r["label"] == 0 else 1]
         weak = 1 - r["label"] if flip else r["label"]
         examples.append({"id": r["id"], "text": r["text"],
                          "weak_labels": [{"source": "rater", "label": names[weak]}]})
