@@ -46,7 +46,7 @@ impl GoldPicked {
 pub const MIN_JUDGING_GOLD: usize = super::prior::MIN_GOLD_FOR_PRIOR;
 
 /// Which gold judged a job, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GoldUse {
     /// Gold labels in the task (every one trains and calibrates).
     pub labels: usize,

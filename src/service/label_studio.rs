@@ -343,6 +343,7 @@ impl Service {
                 let config = body["project"]["label_config"].as_str();
                 let project = self.ls_project(&task, body.get("project"), config).await?;
                 let ls_tasks = one_or_many(&body["task"]);
+                let picked = picked_by(&body["project"]);
                 let mut applied = Vec::new();
                 for annotation in one_or_many(&body["annotation"]) {
                     let ls_id = ls_task_id(&annotation["task"])
@@ -358,7 +359,6 @@ impl Service {
                         .find(|t| t["id"].as_i64() == Some(ls_id))
                         .copied()
                         .unwrap_or(&Value::Null);
-                    let picked = picked_by(&body["project"]);
                     if let Some(done) = self
                         .ls_annotation(&task, &project, annotation, ls_id, ls_task, picked)
                         .await?
@@ -548,7 +548,6 @@ impl Service {
     }
 }
 
-/// A Label Studio task reference: its id, or the task object itself.
 /// How a Label Studio project hands tasks to annotators (its `sampling`, sent with every
 /// webhook's project): uncertainty sampling picks the least confident first (the review
 /// queue's way), uniform sampling at random; sequential order says nothing either way.
@@ -560,6 +559,7 @@ pub fn picked_by(project: &Value) -> Option<GoldPicked> {
     }
 }
 
+/// A Label Studio task reference: its id, or the task object itself.
 fn ls_task_id(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v["id"].as_i64())
 }

@@ -66,7 +66,7 @@ impl Service {
             embedding: vec![],
             gold: vec![],
             judge: vec![],
-            gold_use: judging_gold(&[], &[], &[]).1,
+            gold_use: GoldUse::default(),
             decision: vec![],
             confidence: vec![],
             sources: vec![],
