@@ -398,6 +398,8 @@ impl Service {
                         affected.insert(id);
                     }
                 }
+                // The remaining annotation's task was picked as the project samples.
+                let picked = picked_by(&body["project"]);
                 let mut withdrawn = 0;
                 let mut kept = 0;
                 for id in &affected {
@@ -407,10 +409,7 @@ impl Service {
                             self.set_gold(
                                 task_name,
                                 id,
-                                super::ingest::GoldRequest {
-                                    label,
-                                    picked: None,
-                                },
+                                super::ingest::GoldRequest { label, picked },
                             )
                             .await?;
                             kept += 1;

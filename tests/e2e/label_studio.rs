@@ -311,6 +311,23 @@ async fn label_studio_backend(backend: Backend) {
             "{sampling}: {e}"
         );
     }
+    // A second annotator on the uncertainty-sampled task, then deleting that annotation: the
+    // first annotator's label stands and keeps saying how the task was picked.
+    let mut second = annotation("ANNOTATION_CREATED", 43, "pos");
+    second["annotation"]["id"] = json!(243);
+    second["project"]["sampling"] = json!("Uncertainty sampling");
+    assert_eq!(ls(&s, "/webhook", Some(second)).await.0, 200);
+    assert_eq!(gold_of(&s, "ls-43").await, "pos");
+    let mut event = deleted(json!([{"id": 243}]));
+    event["project"]["sampling"] = json!("Uncertainty sampling");
+    let (status, r) = ls(&s, "/webhook", Some(event)).await;
+    assert_eq!(status, 200, "{r}");
+    let (_, e) = s.get("/v1/tasks/t/examples/ls-43").await;
+    assert_eq!(
+        (&e["gold_label"], &e["gold_picked"]),
+        (&json!("neg"), &json!("review")),
+        "{e}"
+    );
     s.finish().await;
 }
 both_backends!(label_studio_requests_replayed, super::label_studio_backend);
