@@ -483,6 +483,9 @@ impl Service {
         // or another process left behind, not writes still in flight.
         let before = crate::store::now_ms() - SWEEP_GRACE_MS;
         for task_id in examples::tasks_with_dirty(self.store.pool(), before).await? {
+            if self.rescoring.contains(task_id) {
+                continue;
+            }
             let Some(task) = self.task_by_id(task_id).await? else {
                 continue;
             };

@@ -13,6 +13,7 @@ pub mod label_studio;
 pub mod model_versions;
 pub mod predict;
 pub mod report;
+pub mod rescoring;
 pub mod retry;
 pub mod review;
 pub mod settings;
@@ -150,6 +151,17 @@ pub(crate) fn record_phase(phase: &'static str, started: std::time::Instant) -> 
     std::time::Instant::now()
 }
 
+/// Runs `work` on a task of its own and waits for it. The HTTP server drops a handler whose
+/// client hangs up; work that must not stop half-way (after its first commit) is not dropped
+/// with it.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Internal(e.into()))?
+}
+
 pub struct Service {
     pub store: Store,
     pub model: Model,
@@ -160,6 +172,8 @@ pub struct Service {
     graphs: graphs::Registry,
     versions: Mutex<HashMap<i64, Arc<version_cache::LoadedVersion>>>,
     ready: AtomicBool,
+    /// Tasks this process is deciding again in full; the recovery sweep leaves them be.
+    rescoring: rescoring::Rescoring,
 }
 
 /// A task as the service uses it: the row with its labels and settings parsed.
@@ -230,6 +244,7 @@ impl Service {
             graphs: graphs::Registry::default(),
             versions: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            rescoring: rescoring::Rescoring::default(),
         })
     }
 

@@ -1,5 +1,7 @@
 //! Model versions of a task: listing and activation (roll back or forward).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -68,7 +70,18 @@ impl Service {
     /// Makes `version` the serving version. With the same encoder as now this is immediate
     /// (decisions are re-scored in the background); with another encoder a job re-embeds
     /// the task first.
-    pub async fn activate(&self, task_name: &str, version: i64) -> Result<(bool, Activation)> {
+    /// On a task of its own (`detached`): once the version is active, the weak aggregates
+    /// follow it even if the client hangs up.
+    pub async fn activate(
+        self: &Arc<Self>,
+        task_name: &str,
+        version: i64,
+    ) -> Result<(bool, Activation)> {
+        let (service, task_name) = (self.clone(), task_name.to_string());
+        super::detached(async move { service.activate_version(&task_name, version).await }).await
+    }
+
+    async fn activate_version(&self, task_name: &str, version: i64) -> Result<(bool, Activation)> {
         let task = self.task(task_name).await?;
         let row = models::by_version(self.store.pool(), task.id, version)
             .await?
@@ -121,12 +134,16 @@ impl Service {
                 },
             ));
         }
+        // The recovery sweep re-scores the marked examples, once their aggregates follow the
+        // new version (not twice, before and after).
+        let held = self.rescoring.start(task.id);
         let mut tx = self.store.begin_task_write(task.id).await?;
         crate::store::tasks::set_active_version(tx.conn(), task.id, Some(row.id), now_ms()).await?;
         let dirty = examples::mark_task_dirty(tx.conn(), task.id).await?;
         tx.commit().await?;
         // Its source model may differ: the weak aggregates follow it.
         self.refresh_aggregates(&task).await?;
+        drop(held);
         tracing::info!(task = %task.name, version, "model version activated");
         Ok((
             false,

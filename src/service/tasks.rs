@@ -1,6 +1,7 @@
 //! Tasks: create, read, change settings, delete.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -8,7 +9,7 @@ use utoipa::ToSchema;
 use super::jobs::{JobKind, JobRequest, Trigger};
 use super::{Service, TaskCtx, TaskSettings};
 use crate::error::{Error, Result};
-use crate::store::{is_unique_violation, now_ms, tasks};
+use crate::store::{examples, is_unique_violation, now_ms, tasks};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -167,7 +168,14 @@ impl Service {
         self.task_view(task).await
     }
 
-    pub async fn update_task(&self, name: &str, req: UpdateTask) -> Result<TaskView> {
+    /// Carried out on a task of its own: a PATCH once received is applied in full (the
+    /// setting and the re-decision it owes) whether or not its client waits for the answer.
+    pub async fn update_task(self: &Arc<Self>, name: &str, req: UpdateTask) -> Result<TaskView> {
+        let (service, name) = (self.clone(), name.to_string());
+        super::detached(async move { service.apply_update(&name, req).await }).await
+    }
+
+    async fn apply_update(&self, name: &str, req: UpdateTask) -> Result<TaskView> {
         let task = self.task(name).await?;
         let settings = merge_settings(&task.settings, Some(&req.settings))?;
         self.check_job_mode(settings.job_mode)?;
@@ -176,8 +184,17 @@ impl Service {
         // re-embedding in the same transaction, so it is saved only with its job (409 while
         // another job holds the task).
         let reembed = settings.long_texts != task.settings.long_texts;
+        let redecide = decision_setting_changed(&task.settings, &settings);
+        // Held from before the mark below until the re-decision ends (the sweep leaves the
+        // task to it).
+        let held = redecide.map(|_| self.rescoring.start(task.id));
         let mut tx = self.store.begin_write().await?;
         tasks::update_settings(tx.conn(), task.id, &json, now_ms()).await?;
+        // Committed with the setting: should the process die before every example is decided
+        // again below, the recovery sweep decides the rest.
+        if redecide.is_some() {
+            examples::mark_task_dirty(tx.conn(), task.id).await?;
+        }
         let job = if reembed {
             let params = serde_json::json!({ "long_texts": settings.long_texts });
             Some(
@@ -196,10 +213,11 @@ impl Service {
         // Settings the decision rule reads change decisions now (a new target precision's
         // threshold is fitted at the next job; null stops abstaining at once); graph settings
         // apply at the next graph update.
-        if let Some(what) = decision_setting_changed(&task.settings, &updated.settings) {
+        if let Some(what) = redecide {
             self.rescore_task(&updated, &format!("{what} changed"), &mut |_, _| {})
                 .await?;
         }
+        drop(held);
         let job = job.map(|row| self.job_view(&updated, row));
         Ok(TaskView {
             job,
@@ -207,7 +225,14 @@ impl Service {
         })
     }
 
-    pub async fn delete_task(&self, name: &str) -> Result<()> {
+    /// On a task of its own, like a PATCH: once the rows are gone, the task's graph and
+    /// model files go too, whether or not the client waits.
+    pub async fn delete_task(self: &Arc<Self>, name: &str) -> Result<()> {
+        let (service, name) = (self.clone(), name.to_string());
+        super::detached(async move { service.remove_task(&name).await }).await
+    }
+
+    async fn remove_task(&self, name: &str) -> Result<()> {
         let task = self.task(name).await?;
         let mut tx = self.store.begin_task_write(task.id).await?;
         tasks::delete(tx.conn(), task.id).await?;

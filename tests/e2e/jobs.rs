@@ -361,6 +361,8 @@ async fn forcing_strong_selection(s: &TestServer) {
         json!({"strong": "off"}),
         json!({"strong": "auto", "tau": "fit"}),
     ];
+    // The decisions the first step's PATCH answered with.
+    let mut first = None;
     for (step, settings) in steps.iter().enumerate() {
         let (status, body) = s
             .patch("/v1/tasks/sel", &json!({ "settings": settings }))
@@ -380,6 +382,7 @@ async fn forcing_strong_selection(s: &TestServer) {
         match step {
             0 => {
                 assert!(now.get("strong").is_some_and(|&n| n > 0), "{now:?}");
+                first = Some(now.clone());
                 let p_ik = p["p_ik"].as_f64().unwrap();
                 assert_eq!(p["trusted"], p_ik >= 0.5, "{p}");
             }
@@ -391,8 +394,56 @@ async fn forcing_strong_selection(s: &TestServer) {
             _ => assert_eq!(now, fitted, "the fitted decisions again"),
         }
     }
+    // A client that hangs up while its PATCH is under way (once the setting is saved, as
+    // the examples are decided again): the re-decision runs to its end all the same.
+    let settings = &steps[0];
+    let socket = send_patch(s, "/v1/tasks/sel", &json!({ "settings": settings })).await;
+    let saved = |task: &Value| {
+        task["settings"]["strong"] == settings["strong"]
+            && task["settings"]["tau"] == settings["tau"]
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !saved(&s.get("/v1/tasks/sel").await.1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the PATCH was not saved"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(socket);
+    loop {
+        let now = decision_sources(s, "sel").await;
+        if Some(&now) == first.as_ref() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after a PATCH whose client hung up: {now:?}, where the same PATCH answered gave {first:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (status, _) = s.delete("/v1/tasks/sel").await;
     assert_eq!(status, 204);
+}
+
+/// Sends a PATCH over a bare socket and hands back the socket, never reading the answer:
+/// dropping it is a client that times out and hangs up.
+async fn send_patch(s: &TestServer, path: &str, body: &Value) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let body = body.to_string();
+    let request = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    );
+    let mut socket = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    socket
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the PATCH");
+    socket
 }
 
 /// A second version, then roll back to the first.

@@ -320,6 +320,9 @@ impl Service {
         task: &TaskCtx,
         progress: &Progress,
     ) -> Option<usize> {
+        // Held so that the recovery sweep does not decide the marked examples alongside this
+        // pass (twice the work, the first time with the previous aggregates).
+        let _held = self.rescoring.start(task.id);
         progress.stage("refreshing weak aggregates");
         if let Err(e) = self.refresh_aggregates(task).await {
             tracing::warn!(task = %task.name, error = %e, "recomputing weak aggregates for the new version failed; decisions use the previous ones until the next job");
