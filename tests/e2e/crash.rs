@@ -1,7 +1,8 @@
 //! Crashes and concurrent writers, with the real binary as operations run it: three ingest
 //! clients re-sending overlapping ids and gold labels while the server is SIGKILLed at random
 //! moments, ten times; after each restart every acknowledged example is stored with its
-//! labels and is a node of the similarity graph, and no request was ever answered 5xx. On
+//! labels and is a node of the similarity graph, and no request was ever answered 5xx. A
+//! settings change whose re-decision a SIGKILL cut short is finished after the restart. On
 //! PostgreSQL, two processes then serve one database at once, with the same guarantees.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,7 +76,15 @@ impl Server {
         panic!("sw2s never became ready at {}", server.base);
     }
 
-    fn kill(mut self) {
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// A test that fails part-way must not leave its server running (the test binary would
+/// wait on the server's inherited stderr).
+impl Drop for Server {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -300,6 +309,154 @@ async fn sigkill_under_load(backend: Backend) {
 both_backends!(
     sigkill_loses_no_acknowledged_write,
     super::sigkill_under_load
+);
+
+/// SIGKILL while a settings change decides the task again: the PATCH's client hangs up
+/// once the setting is saved and the process is killed at once. After the restart the
+/// decisions follow the saved setting (the recovery sweep finishes what the kill cut short).
+/// A kill that lands after the re-decision ended proves nothing, so it is tried again.
+async fn sigkill_during_a_settings_redecision(backend: Backend) {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((db_url, owns_db)) = database(backend, dir.path()).await else {
+        return;
+    };
+    let model_dir = tiny_model_dir(dir.path());
+    let data_dir: PathBuf = dir.path().join("data");
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&data_dir, &model_dir, &db_url).await;
+    let r = http
+        .post(format!("{}/v1/tasks", server.base))
+        .json(&json!({"name": "t", "labels": LABELS,
+            "settings": {"knn_k": 5, "pik_min_gold": 20, "selection": "tau"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+        let examples: Vec<Value> = chunk
+            .iter()
+            .map(|&i| {
+                let truth = LABELS[i % 2];
+                let weak = if i % 5 == 0 {
+                    LABELS[(i + 1) % 2]
+                } else {
+                    truth
+                };
+                let mut e = json!({"id": format!("e{i}"), "text": text(i),
+                    "weak_labels": [{"source": "rules", "label": weak}]});
+                if i % 10 == 0 {
+                    e["gold_label"] = json!(truth);
+                }
+                e
+            })
+            .collect();
+        let r = http
+            .post(format!("{}/v1/tasks/t/examples", server.base))
+            .json(&json!({ "examples": examples }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let job: Value = http
+        .post(format!("{}/v1/tasks/t/jobs", server.base))
+        .json(&json!({"mode": "head"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task = |base: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("{base}/v1/tasks/t")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    for _ in 0..1200 {
+        let j: Value = http
+            .get(format!("{}/v1/tasks/t/jobs/{}", server.base, job["id"]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match j["state"].as_str() {
+            Some("succeeded") => break,
+            Some("failed") | Some("cancelled") => panic!("{j}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let strong = |t: &Value| t["decisions"]["strong"].as_i64().unwrap_or(0);
+    for attempt in 1..=5 {
+        // The model decides some examples (answered, so done before the PATCH below).
+        let r = http
+            .patch(format!("{}/v1/tasks/t", server.base))
+            .json(&json!({"settings": {"strong": "on", "tau": 0.5}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let before = task(server.base.clone()).await;
+        assert!(strong(&before) > 0, "{before}");
+        // Strong selection off, the client gone and the process killed once it is saved.
+        let body = json!({"settings": {"strong": "off"}}).to_string();
+        let mut socket = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut socket,
+            format!(
+                "PATCH /v1/tasks/t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        while task(server.base.clone()).await["settings"]["strong"] != "off" {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        server.kill();
+        drop(socket);
+        server = Server::start(&data_dir, &model_dir, &db_url).await;
+        let after = task(server.base.clone()).await;
+        assert_eq!(after["settings"]["strong"], "off", "{after}");
+        if strong(&after) == 0 {
+            eprintln!("{backend:?}: attempt {attempt}: the kill came after the re-decision");
+            continue;
+        }
+        // Cut short: the rest is decided after the restart.
+        eprintln!(
+            "{backend:?}: attempt {attempt}: killed with {} of {} strong decisions left",
+            strong(&after),
+            strong(&before)
+        );
+        for _ in 0..600 {
+            let t = task(server.base.clone()).await;
+            if strong(&t) == 0 && t["pending"] == 0 {
+                server.kill();
+                if owns_db {
+                    drop_pg_database(&db_url).await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "after the restart the decisions do not follow the saved setting: {}",
+            task(server.base.clone()).await
+        );
+    }
+    panic!("in 5 tries the kill never landed while the task was decided again");
+}
+both_backends!(
+    sigkill_during_a_settings_change_loses_no_redecision,
+    super::sigkill_during_a_settings_redecision
 );
 
 /// Two processes on one PostgreSQL database, three clients alternating between them: no
