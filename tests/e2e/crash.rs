@@ -90,6 +90,13 @@ impl Drop for Server {
     }
 }
 
+/// A request's status and JSON body (null where there is none).
+async fn send_json(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = request.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// What the clients were told was stored: per example id, the weak label per source and the
 /// gold label.
 #[derive(Default)]
@@ -179,14 +186,7 @@ async fn client(
 async fn check_acknowledged(base: &str, acked: &Acked) {
     let http = reqwest::Client::new();
     for (i, sources) in &acked.weak {
-        let e: Value = http
-            .get(format!("{base}/v1/tasks/t/examples/e{i}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, e) = send_json(http.get(format!("{base}/v1/tasks/t/examples/e{i}"))).await;
         assert_eq!(
             e["id"],
             format!("e{i}"),
@@ -208,14 +208,7 @@ async fn check_acknowledged(base: &str, acked: &Acked) {
             assert!(e["gold_label"].is_string(), "gold of e{i} lost: {e}");
         }
     }
-    let graph: Value = http
-        .get(format!("{base}/v1/tasks/t/graph"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, graph) = send_json(http.get(format!("{base}/v1/tasks/t/graph"))).await;
     assert_eq!(graph["consistent"], true, "{graph}");
     assert!(
         graph["nodes"].as_u64().unwrap() as usize >= acked.weak.len(),
@@ -325,14 +318,13 @@ async fn sigkill_during_a_settings_redecision(backend: Backend) {
     let data_dir: PathBuf = dir.path().join("data");
     let http = reqwest::Client::new();
     let mut server = Server::start(&data_dir, &model_dir, &db_url).await;
-    let r = http
-        .post(format!("{}/v1/tasks", server.base))
-        .json(&json!({"name": "t", "labels": LABELS,
-            "settings": {"knn_k": 5, "pik_min_gold": 20, "selection": "tau"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let (status, body) = send_json(
+        http.post(format!("{}/v1/tasks", server.base))
+            .json(&json!({"name": "t", "labels": LABELS,
+            "settings": {"knn_k": 5, "pik_min_gold": 20, "selection": "tau"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
     for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
         let examples: Vec<Value> = chunk
             .iter()
@@ -351,40 +343,30 @@ async fn sigkill_during_a_settings_redecision(backend: Backend) {
                 e
             })
             .collect();
-        let r = http
-            .post(format!("{}/v1/tasks/t/examples", server.base))
-            .json(&json!({ "examples": examples }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let (status, body) = send_json(
+            http.post(format!("{}/v1/tasks/t/examples", server.base))
+                .json(&json!({ "examples": examples })),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
     }
-    let job: Value = http
-        .post(format!("{}/v1/tasks/t/jobs", server.base))
-        .json(&json!({"mode": "head"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, job) = send_json(
+        http.post(format!("{}/v1/tasks/t/jobs", server.base))
+            .json(&json!({"mode": "head"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
     let task = |base: String| {
         let http = http.clone();
         async move {
-            let r = http.get(format!("{base}/v1/tasks/t")).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<Value>().await.unwrap()
+            let (status, t) = send_json(http.get(format!("{base}/v1/tasks/t"))).await;
+            assert_eq!(status, 200, "{t}");
+            t
         }
     };
     for _ in 0..1200 {
-        let j: Value = http
-            .get(format!("{}/v1/tasks/t/jobs/{}", server.base, job["id"]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, j) =
+            send_json(http.get(format!("{}/v1/tasks/t/jobs/{}", server.base, job["id"]))).await;
         match j["state"].as_str() {
             Some("succeeded") => break,
             Some("failed") | Some("cancelled") => panic!("{j}"),
@@ -394,13 +376,12 @@ async fn sigkill_during_a_settings_redecision(backend: Backend) {
     let strong = |t: &Value| t["decisions"]["strong"].as_i64().unwrap_or(0);
     for attempt in 1..=5 {
         // The model decides some examples (answered, so done before the PATCH below).
-        let r = http
-            .patch(format!("{}/v1/tasks/t", server.base))
-            .json(&json!({"settings": {"strong": "on", "tau": 0.5}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let (status, body) = send_json(
+            http.patch(format!("{}/v1/tasks/t", server.base))
+                .json(&json!({"settings": {"strong": "on", "tau": 0.5}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
         let before = task(server.base.clone()).await;
         assert!(strong(&before) > 0, "{before}");
         // Strong selection off, the client gone and the process killed once it is saved.
