@@ -70,6 +70,7 @@ impl Service {
     /// Makes `version` the serving version. With the same encoder as now this is immediate
     /// (decisions are re-scored in the background); with another encoder a job re-embeds
     /// the task first.
+    ///
     /// On a task of its own (`detached`): once the version is active, the weak aggregates
     /// follow it even if the client hangs up.
     pub async fn activate(

@@ -30,7 +30,7 @@ impl Rescoring {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, usize>> {
-        // The map holds plain counts: one a panicking holder left behind is still right.
+        // The map holds plain counts, still right after a holder panicked.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
