@@ -332,6 +332,23 @@ pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
     (status, json)
 }
 
+/// Sends a PATCH to `addr` (host:port) over a bare socket and hands back the socket, never
+/// reading the answer: dropping it is a client that times out and hangs up.
+pub async fn send_patch(addr: &str, path: &str, body: &Value) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let body = body.to_string();
+    let request = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the PATCH");
+    socket
+}
+
 /// Waits for a job to end (succeeded, failed or cancelled) and returns it.
 pub async fn wait_job(s: &TestServer, task: &str, id: i64) -> Value {
     for _ in 0..6000 {

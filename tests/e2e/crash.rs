@@ -14,7 +14,9 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::common::{create_pg_database, drop_pg_database, tiny_model_dir, Backend};
+use crate::common::{
+    create_pg_database, drop_pg_database, send_patch, status_json, tiny_model_dir, Backend,
+};
 
 const IDS: usize = 400;
 const KILLS: usize = 10;
@@ -90,11 +92,9 @@ impl Drop for Server {
     }
 }
 
-/// A request's status and JSON body (null where there is none).
+/// A request's status and JSON body.
 async fn send_json(request: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = request.send().await.expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    status_json(request.send().await.expect("request")).await
 }
 
 /// What the clients were told was stored: per example id, the weak label per source and the
@@ -385,20 +385,12 @@ async fn sigkill_during_a_settings_redecision(backend: Backend) {
         let before = task(server.base.clone()).await;
         assert!(strong(&before) > 0, "{before}");
         // Strong selection off, the client gone and the process killed once it is saved.
-        let body = json!({"settings": {"strong": "off"}}).to_string();
-        let mut socket = tokio::net::TcpStream::connect(server.base.trim_start_matches("http://"))
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::write_all(
-            &mut socket,
-            format!(
-                "PATCH /v1/tasks/t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
+        let socket = send_patch(
+            server.base.trim_start_matches("http://"),
+            "/v1/tasks/t",
+            &json!({"settings": {"strong": "off"}}),
         )
-        .await
-        .unwrap();
+        .await;
         while task(server.base.clone()).await["settings"]["strong"] != "off" {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

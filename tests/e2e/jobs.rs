@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::{assert_error, wait_job, Backend, ModelKind, Options, TestServer};
+use crate::common::{assert_error, send_patch, wait_job, Backend, ModelKind, Options, TestServer};
 use crate::data::all_examples;
 use serde_json::{json, Value};
 
@@ -397,7 +397,12 @@ async fn forcing_strong_selection(s: &TestServer) {
     // A client that hangs up while its PATCH is under way (once the setting is saved, as
     // the examples are decided again): the re-decision runs to its end all the same.
     let settings = &steps[0];
-    let socket = send_patch(s, "/v1/tasks/sel", &json!({ "settings": settings })).await;
+    let socket = send_patch(
+        &s.addr.to_string(),
+        "/v1/tasks/sel",
+        &json!({ "settings": settings }),
+    )
+    .await;
     let saved = |task: &Value| {
         task["settings"]["strong"] == settings["strong"]
             && task["settings"]["tau"] == settings["tau"]
@@ -424,26 +429,6 @@ async fn forcing_strong_selection(s: &TestServer) {
     }
     let (status, _) = s.delete("/v1/tasks/sel").await;
     assert_eq!(status, 204);
-}
-
-/// Sends a PATCH over a bare socket and hands back the socket, never reading the answer:
-/// dropping it is a client that times out and hangs up.
-async fn send_patch(s: &TestServer, path: &str, body: &Value) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let body = body.to_string();
-    let request = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        s.addr,
-        body.len()
-    );
-    let mut socket = tokio::net::TcpStream::connect(s.addr)
-        .await
-        .expect("connect");
-    socket
-        .write_all(request.as_bytes())
-        .await
-        .expect("send the PATCH");
-    socket
 }
 
 /// A second version, then roll back to the first.
