@@ -18,8 +18,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::prior::{estimate, PriorEvidence};
 use super::safeguard::{self, Stage, StageMode, StageReport};
-use super::weak::{aggregate, argmax, WeakVote};
+use super::weak::{aggregate, argmax, break_tie, WeakVote};
 
 /// One source's vote on one example.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,7 +86,8 @@ pub struct LabelModel {
     /// Why this kind (the fallback says what is missing).
     pub reason: String,
     pub classes: usize,
-    /// Estimated class prior π.
+    /// Estimated class prior π (for the mean: the prior its ties are broken towards; equal
+    /// shares leave them to the first label).
     pub prior: Vec<f64>,
     /// Per source (by index), θ[y][l] flattened row-major (K×K); empty for `mean`.
     pub confusion: Vec<Vec<f64>>,
@@ -111,6 +113,15 @@ impl LabelModel {
             confusion: vec![],
             iterations: 0,
         }
+    }
+
+    /// The mean with its ties broken towards `prior` (`method::weak::break_tie`); a fitted
+    /// model keeps its own π.
+    pub fn leaning(mut self, prior: &[f64]) -> Self {
+        if self.kind == LabelModelKind::Mean && prior.len() == self.classes {
+            self.prior = prior.to_vec();
+        }
+        self
     }
 
     /// Chooses the kind the data supports and fits it.
@@ -170,7 +181,10 @@ impl LabelModel {
             return None;
         }
         if self.kind == LabelModelKind::Mean {
-            return mean_of(votes, self.classes);
+            return mean_of(votes, self.classes).map(|mut m| {
+                break_tie(&mut m, &self.prior);
+                m
+            });
         }
         let k = self.classes;
         let mut log_q: Vec<f64> = self.prior.iter().map(|p| p.max(1e-12).ln()).collect();
@@ -411,8 +425,76 @@ pub struct SourceFit {
     pub stage: StageReport,
 }
 
-/// Fits the source model and checks it against the confidence-weighted mean on gold, with
-/// posteriors of gold examples from models that did not see their label.
+/// The prior a tie in the mean could be broken towards: the gold labels' class shares with
+/// enough of them, else the mean's own (`method::prior::estimate` without a source model).
+fn tie_prior(obs: &Observations) -> Vec<f64> {
+    let k = obs.classes;
+    let mut gold_counts = vec![0usize; k];
+    for g in obs.gold.iter().flatten().filter(|&&g| g < k) {
+        gold_counts[*g] += 1;
+    }
+    let (mut mass, mut with_weak) = (vec![0.0f64; k], 0);
+    for m in obs.votes.iter().filter_map(|v| mean_of(v, k)) {
+        with_weak += 1;
+        for (total, p) in mass.iter_mut().zip(m) {
+            *total += p as f64;
+        }
+    }
+    estimate(&PriorEvidence {
+        classes: k,
+        gold_counts: &gold_counts,
+        source_model: None,
+        weak_mass: Some((&mass, with_weak)),
+    })
+    .shares
+}
+
+/// How the mean breaks its ties, checked on gold like a stage: towards the prior's likelier
+/// label when that is right at least as often as the first-listed label on the gold examples
+/// whose votes tie; else (or with no such example to tell) the first-listed label, as a plain
+/// argmax would. Returns the prior to lean to (equal shares: no leaning) and the rule in words.
+fn tie_rule(obs: &Observations) -> (Vec<f64>, String) {
+    let k = obs.classes;
+    let lean = tie_prior(obs);
+    let leaning = LabelModel::mean(k, "").leaning(&lean);
+    let (mut ties, mut likelier, mut first) = (0, 0, 0);
+    for (votes, g) in obs.votes.iter().zip(obs.gold) {
+        let (Some(g), Some(plain), Some(leant)) = (*g, mean_of(votes, k), leaning.posterior(votes))
+        else {
+            continue;
+        };
+        if plain == leant {
+            continue;
+        }
+        ties += 1;
+        likelier += usize::from(argmax(&leant) == Some(g));
+        first += usize::from(argmax(&plain) == Some(g));
+    }
+    if ties == 0 {
+        return (
+            vec![1.0 / k as f64; k],
+            "no gold example has votes that tie to check a tie rule on, so a tie in the mean goes to the first-listed label".into(),
+        );
+    }
+    let counts = format!(
+        "on the {ties} gold examples whose votes tie, the label the prior makes likelier was right {likelier} times, the first-listed label {first}"
+    );
+    if likelier >= first {
+        (
+            lean,
+            format!("a tie in the mean goes to the likelier label: {counts}"),
+        )
+    } else {
+        (
+            vec![1.0 / k as f64; k],
+            format!("a tie in the mean goes to the first-listed label: {counts}"),
+        )
+    }
+}
+
+/// Fits the source model and checks it against the confidence-weighted mean (the raw weak
+/// labels) on gold, with posteriors of gold examples from models that did not see their
+/// label. Where the mean is used, its ties follow `tie_rule`, which the stage's reason states.
 pub fn fit_sources(
     obs: &Observations,
     cfg: &LabelModelConfig,
@@ -421,12 +503,14 @@ pub fn fit_sources(
     seed: u64,
 ) -> SourceFit {
     let fitted = LabelModel::fit(obs, cfg);
+    let (lean, ties) = tie_rule(obs);
     if fitted.kind == LabelModelKind::Mean {
         let stage = safeguard::unavailable(
             Stage::SourceModel,
             mode,
-            &format!("not fitted: {}", fitted.reason),
+            &format!("not fitted: {}; {ties}", fitted.reason),
         );
+        let fitted = fitted.leaning(&lean);
         return SourceFit {
             used: fitted.clone(),
             fitted,
@@ -444,7 +528,7 @@ pub fn fit_sources(
         input.push(mean_of(votes, obs.classes).and_then(|m| argmax(&m)));
         output.push(post.as_deref().and_then(argmax));
     }
-    let stage = safeguard::check(
+    let mut stage = safeguard::check(
         Stage::SourceModel,
         mode,
         &safeguard::Compared {
@@ -458,7 +542,8 @@ pub fn fit_sources(
     let used = if stage.on {
         fitted.clone()
     } else {
-        LabelModel::mean(obs.classes, format!("source model off: {}", stage.reason))
+        stage.reason = format!("{}; {ties}", stage.reason);
+        LabelModel::mean(obs.classes, format!("source model off: {}", stage.reason)).leaning(&lean)
     };
     SourceFit {
         fitted,
@@ -582,6 +667,139 @@ mod tests {
         let oof = out_of_fold_posteriors(&obs, &LabelModelConfig::default(), 5, 0);
         assert!(oof[..300].iter().all(|p| p.is_some()));
         assert!(oof[300..].iter().all(|p| p.is_none()));
+    }
+
+    /// `synthetic` with the labels swapped: the first label is the rare one (15%).
+    fn rare_first(
+        n: usize,
+        sources: &[(f64, f64, f64)],
+        seed: u64,
+    ) -> (Vec<usize>, Vec<Vec<Vote>>) {
+        let (truth, votes) = synthetic(n, sources, seed);
+        let votes = votes
+            .into_iter()
+            .map(|vs| {
+                vs.into_iter()
+                    .map(|v| Vote {
+                        scores: v.scores.iter().rev().copied().collect(),
+                        ..v
+                    })
+                    .collect()
+            })
+            .collect();
+        (truth.iter().map(|y| 1 - y).collect(), votes)
+    }
+
+    #[test]
+    fn the_mean_breaks_ties_towards_the_prior_where_gold_agrees() {
+        // Two sources alike: too few to learn accuracies from agreement, and with 25 gold
+        // labels too few to learn them from gold, so the mean is used. Where the two disagree
+        // the mean ties, and the tie goes to the common label, not to the first one listed.
+        let (truth, votes) = rare_first(3000, &[(0.8, 0.8, 1.0), (0.8, 0.8, 1.0)], 4);
+        let some_gold = |n: usize| -> Vec<Option<usize>> {
+            truth
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| (i < n).then_some(y))
+                .collect()
+        };
+        let is_tie = |v: &Vec<Vote>| v.len() == 2 && argmax(&v[0].scores) != argmax(&v[1].scores);
+        let fit_with = |gold: &[Option<usize>], votes: &[Vec<Vote>]| {
+            fit_sources(
+                &Observations {
+                    classes: 2,
+                    sources: 2,
+                    votes,
+                    gold,
+                },
+                &LabelModelConfig::default(),
+                StageMode::Auto,
+                1.645,
+                0,
+            )
+        };
+        let fit = fit_with(&some_gold(25), &votes);
+        assert_eq!(fit.used.kind, LabelModelKind::Mean);
+        assert!(fit.used.prior[1] > 0.6, "{:?}", fit.used.prior);
+        assert!(
+            fit.stage
+                .reason
+                .contains("a tie in the mean goes to the likelier label: on the "),
+            "{}",
+            fit.stage.reason
+        );
+        let ties: Vec<&Vec<Vote>> = votes.iter().filter(|v| is_tie(v)).collect();
+        assert!(ties.len() > 500, "{}", ties.len());
+        assert!(ties
+            .iter()
+            .all(|v| fit.used.posterior(v).and_then(|p| argmax(&p)) == Some(1)));
+        let leaning = accuracy(|v| fit.used.posterior(v), &truth, &votes);
+        let first_listed = accuracy(|v| mean_of(v, 2), &truth, &votes);
+        assert!(leaning > first_listed + 0.1, "{leaning} vs {first_listed}");
+        // No gold: nothing to check the rule on, so the first label keeps its ties.
+        let fit = fit_with(&some_gold(0), &votes);
+        assert!(ties
+            .iter()
+            .all(|v| fit.used.posterior(v).and_then(|p| argmax(&p)) == Some(0)));
+        assert!(
+            fit.stage.reason.contains("first-listed label"),
+            "{}",
+            fit.stage.reason
+        );
+        // Ties that fall mostly on the rare class (a rule that fires for it and a default
+        // that says the common label): gold shows the likelier label losing there, and the
+        // rule stays with the first label.
+        let votes: Vec<Vec<Vote>> = truth
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let vote = |source, l| Vote {
+                    source,
+                    scores: one_hot(l, 2),
+                    confidence: 1.0,
+                };
+                if y == 0 && i % 4 != 0 {
+                    vec![vote(0, 0), vote(1, 1)]
+                } else {
+                    vec![vote(1, y)]
+                }
+            })
+            .collect();
+        let fit = fit_with(&some_gold(25), &votes);
+        assert_eq!(fit.used.kind, LabelModelKind::Mean);
+        assert!(
+            fit.stage
+                .reason
+                .contains("a tie in the mean goes to the first-listed label: on the "),
+            "{}",
+            fit.stage.reason
+        );
+        let tie = vec![
+            Vote {
+                source: 0,
+                scores: one_hot(0, 2),
+                confidence: 1.0,
+            },
+            Vote {
+                source: 1,
+                scores: one_hot(1, 2),
+                confidence: 1.0,
+            },
+        ];
+        assert_eq!(fit.used.posterior(&tie).and_then(|p| argmax(&p)), Some(0));
+        // With 30 gold labels or more, their class shares are the prior the ties lean to.
+        let gold = some_gold(40);
+        let lean = tie_prior(&Observations {
+            classes: 2,
+            sources: 2,
+            votes: &votes,
+            gold: &gold,
+        });
+        let zeros = gold.iter().flatten().filter(|&&g| g == 0).count();
+        assert!(
+            (lean[0] - (zeros + 1) as f64 / 42.0).abs() < 1e-9,
+            "{lean:?}"
+        );
     }
 
     #[test]

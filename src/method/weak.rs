@@ -1,5 +1,6 @@
 //! Weak labels: hard labels become one-hot rows; an example's weak aggregate is the
-//! confidence-weighted mean of its weak labels' distributions.
+//! confidence-weighted mean of its weak labels' distributions, and a tie in it goes to the
+//! label the task's prior makes likelier (not to whichever label the task lists first).
 
 /// One weak label as a distribution over the task's labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +28,39 @@ pub fn aggregate(votes: &[WeakVote], k: usize) -> Option<Vec<f32>> {
         }
     }
     Some(out)
+}
+
+/// How much a tie's winner is nudged: enough to decide every `argmax`, too little to move
+/// anything else (smoothing, the trust model's margin).
+const TIE_NUDGE: f32 = 1e-4;
+
+/// Breaks a tie at the top of `dist` towards the tied label with the largest `prior`: with
+/// two sources that disagree, or two against two, the mean has no answer, and `argmax` would
+/// hand every such example to the label listed first, the rare class as often as not. The
+/// winner gains [`TIE_NUDGE`] and the row is renormalised; a row without a tie, or whose tied
+/// labels are equally likely a priori, is left as it is.
+pub fn break_tie(dist: &mut [f32], prior: &[f64]) {
+    if prior.len() != dist.len() {
+        return;
+    }
+    let top = dist.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let tied: Vec<usize> = (0..dist.len())
+        .filter(|&c| top > 0.0 && dist[c] >= top - 1e-6)
+        .collect();
+    let Some(&best) = tied
+        .iter()
+        .max_by(|&&a, &&b| prior[a].total_cmp(&prior[b]).then(b.cmp(&a)))
+    else {
+        return;
+    };
+    if tied.len() < 2 || tied.iter().all(|&c| prior[c] == prior[best]) {
+        return;
+    }
+    dist[best] += TIE_NUDGE;
+    let total: f32 = dist.iter().sum();
+    for d in dist.iter_mut() {
+        *d /= total;
+    }
 }
 
 /// Index of the largest value (first on ties); `None` for an empty or all-zero vector.
@@ -61,6 +95,31 @@ mod tests {
         assert!((agg[1] - 2.4 / 4.0).abs() < 1e-6);
         assert!((agg.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(aggregate(&[], 2), None);
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_likelier_label() {
+        // Two votes that disagree: the prior says the second label is the common one.
+        let mut tie = vec![0.5f32, 0.5];
+        break_tie(&mut tie, &[0.1, 0.9]);
+        assert_eq!(argmax(&tie), Some(1));
+        assert!((tie.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((tie[1] - 0.5).abs() < 1e-3, "only nudged: {tie:?}");
+        // Three labels, two tied at the top: the likelier of those two, not of all three.
+        let mut three = vec![0.4f32, 0.2, 0.4];
+        break_tie(&mut three, &[0.2, 0.7, 0.1]);
+        assert_eq!(argmax(&three), Some(0));
+        // No tie, an equal prior, a prior of another length, no mass: left alone.
+        for (row, prior) in [
+            (vec![0.6f32, 0.4], vec![0.1, 0.9]),
+            (vec![0.5, 0.5], vec![0.5, 0.5]),
+            (vec![0.5, 0.5], vec![1.0]),
+            (vec![0.0, 0.0], vec![0.1, 0.9]),
+        ] {
+            let mut r = row.clone();
+            break_tie(&mut r, &prior);
+            assert_eq!(r, row);
+        }
     }
 
     #[test]

@@ -86,6 +86,7 @@ async fn lifecycle(backend: Backend) {
     s.launch(&[]).await;
     first_version(&s, queued).await;
     predictions_follow_the_version(&s).await;
+    ties_between_sources(&s).await;
     rollback(&s).await;
     cancel_running_job(&s).await;
     full_job_and_reembedding(&s).await;
@@ -429,6 +430,82 @@ async fn forcing_strong_selection(s: &TestServer) {
     }
     let (status, _) = s.delete("/v1/tasks/sel").await;
     assert_eq!(status, 204);
+}
+
+/// Two sources that disagree leave the mean of their votes tied. Before any job nothing is
+/// estimated and the tie goes to the label listed first; after a job, since on the tied
+/// gold examples the label the prior (here the gold's class shares) makes likelier is right
+/// more often, it goes to that label on every tied example, whatever the order of the
+/// task's labels, and the report says so. Every stage is off, so the mean alone decides.
+async fn ties_between_sources(s: &TestServer) {
+    for labels in [["rare", "common"], ["common", "rare"]] {
+        let task = format!("ties-{}", labels[0]);
+        let settings = json!({"source_model": "off", "smoothing": "off", "strong": "off"});
+        let (status, body) = s
+            .post(
+                "/v1/tasks",
+                &json!({"name": task, "labels": labels, "settings": settings}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        // 150 examples, one in five rare; the sources disagree on two in three; gold on every
+        // other one.
+        let truth = |i: usize| if i % 5 == 0 { "rare" } else { "common" };
+        let other = |l: &str| if l == "rare" { "common" } else { "rare" };
+        let tied = |i: usize| i % 3 != 2;
+        let gold = |i: usize| i % 2 == 0;
+        let examples: Vec<Value> = (0..150)
+            .map(|i| {
+                let (t, _) = text(i);
+                let b = if tied(i) { other(truth(i)) } else { truth(i) };
+                let mut e = json!({"id": format!("x{i}"), "text": t, "weak_labels": [
+                    {"source": "a", "label": truth(i)}, {"source": "b", "label": b}]});
+                if gold(i) {
+                    e["gold_label"] = json!(truth(i));
+                }
+                e
+            })
+            .collect();
+        let (status, body) = s
+            .post(
+                &format!("/v1/tasks/{task}/examples"),
+                &json!({ "examples": examples }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let decided = || async {
+            all_examples(s, &task)
+                .await
+                .into_iter()
+                .filter(|e| {
+                    let i = e["id"].as_str().unwrap()[1..].parse().unwrap();
+                    tied(i) && !gold(i)
+                })
+                .map(|e| {
+                    e["decision"]["label"]
+                        .as_str()
+                        .unwrap_or("none")
+                        .to_string()
+                })
+                .collect::<Vec<String>>()
+        };
+        let before = decided().await;
+        assert_eq!(before.len(), 50);
+        assert!(before.iter().all(|l| l == labels[0]), "{before:?}");
+        let job = start_job(s, &task, json!({"mode": "head"})).await;
+        assert_eq!(wait_job(s, &task, job).await["state"], "succeeded");
+        let (_, report) = s.get(&format!("/v1/tasks/{task}/report")).await;
+        assert_eq!(report["prior"]["source"], "gold", "{report}");
+        let said = report["stages"][0]["reason"].as_str().unwrap_or_default();
+        assert!(
+            said.contains("a tie in the mean goes to the likelier label: on the 50 gold examples whose votes tie"),
+            "{report}"
+        );
+        let after = decided().await;
+        assert!(after.iter().all(|l| l == "common"), "{after:?}");
+        let (status, _) = s.delete(&format!("/v1/tasks/{task}")).await;
+        assert_eq!(status, 204);
+    }
 }
 
 /// A second version, then roll back to the first.
