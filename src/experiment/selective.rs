@@ -23,7 +23,7 @@ use crate::method::metrics::auroc;
 use crate::method::pik::{msp, pik_features};
 use crate::method::pik::{train_pik, PikConfig, PikSample};
 use crate::method::policy::{fit_policy, PolicyCase, PolicyConfig};
-use crate::method::prior::{estimate, PriorEvidence};
+use crate::method::prior::{class_counts, class_mass, estimate, PriorEvidence};
 use crate::method::rule::{decide, DecisionSource, Inputs, StrongSide, WeakSide};
 use crate::method::safeguard::{check, Compared, Stage, StageMode, StageReport, DEFAULT_Z};
 use crate::method::training::TrainConfig;
@@ -92,18 +92,8 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
         .collect();
 
     // 2. The class prior: gold, else the source model, else the weak labels.
-    let mut gold_counts = vec![0usize; k];
-    for &r in gold_rows {
-        gold_counts[ctx.truth[r]] += 1;
-    }
-    let mut mass = vec![0.0f64; k];
-    let mut with_weak = 0;
-    for a in aggregate.values().flatten() {
-        with_weak += 1;
-        for (m, p) in mass.iter_mut().zip(a) {
-            *m += *p as f64;
-        }
-    }
+    let gold_counts = class_counts(gold_rows.iter().map(|&r| ctx.truth[r]), k);
+    let (mass, with_weak) = class_mass(aggregate.values().flatten().map(Vec::as_slice), k);
     let voted = votes.iter().filter(|v| !v.is_empty()).count();
     let prior = estimate(&PriorEvidence {
         classes: k,

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::prior::{estimate, PriorEvidence};
+use super::prior::{class_counts, class_mass, estimate, PriorEvidence};
 use super::safeguard::{self, Stage, StageMode, StageReport};
 use super::weak::{aggregate, argmax, break_tie, WeakVote};
 
@@ -429,20 +429,11 @@ pub struct SourceFit {
 /// enough of them, else the mean's own (`method::prior::estimate` without a source model).
 fn tie_prior(obs: &Observations) -> Vec<f64> {
     let k = obs.classes;
-    let mut gold_counts = vec![0usize; k];
-    for g in obs.gold.iter().flatten().filter(|&&g| g < k) {
-        gold_counts[*g] += 1;
-    }
-    let (mut mass, mut with_weak) = (vec![0.0f64; k], 0);
-    for m in obs.votes.iter().filter_map(|v| mean_of(v, k)) {
-        with_weak += 1;
-        for (total, p) in mass.iter_mut().zip(m) {
-            *total += p as f64;
-        }
-    }
+    let means: Vec<Vec<f32>> = obs.votes.iter().filter_map(|v| mean_of(v, k)).collect();
+    let (mass, with_weak) = class_mass(means.iter().map(Vec::as_slice), k);
     estimate(&PriorEvidence {
         classes: k,
-        gold_counts: &gold_counts,
+        gold_counts: &class_counts(obs.gold.iter().flatten().copied(), k),
         source_model: None,
         weak_mass: Some((&mass, with_weak)),
     })

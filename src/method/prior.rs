@@ -42,6 +42,31 @@ pub struct PriorEvidence<'a> {
     pub weak_mass: Option<(&'a [f64], usize)>,
 }
 
+/// How many of `labels` fall in each of `classes` (labels out of range are left out).
+pub fn class_counts(labels: impl IntoIterator<Item = usize>, classes: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; classes];
+    for l in labels.into_iter().filter(|&l| l < classes) {
+        counts[l] += 1;
+    }
+    counts
+}
+
+/// Column sums of the distributions over `classes` and how many there are: the weak mass
+/// of `PriorEvidence`.
+pub fn class_mass<'a>(
+    dists: impl IntoIterator<Item = &'a [f32]>,
+    classes: usize,
+) -> (Vec<f64>, usize) {
+    let (mut mass, mut n) = (vec![0.0f64; classes], 0);
+    for d in dists {
+        n += 1;
+        for (m, p) in mass.iter_mut().zip(d) {
+            *m += *p as f64;
+        }
+    }
+    (mass, n)
+}
+
 /// Gold labels needed before their class shares are the prior.
 pub const MIN_GOLD_FOR_PRIOR: usize = 30;
 

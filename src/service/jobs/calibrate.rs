@@ -14,7 +14,7 @@ use crate::method::confidence::{
 use crate::method::label_model::{
     fit_sources, LabelModelConfig, LabelModelKind, Observations, SourceFit,
 };
-use crate::method::prior::{estimate, PriorEstimate, PriorEvidence};
+use crate::method::prior::{class_counts, class_mass, estimate, PriorEstimate, PriorEvidence};
 use crate::method::rule::WeakSide;
 use crate::method::safeguard::{check, Compared, Stage, StageMode, StageReport};
 use crate::method::weak::argmax;
@@ -99,18 +99,8 @@ impl Service {
             .collect();
         progress.check()?;
 
-        let mut gold_counts = vec![0usize; k];
-        for g in data.judge.iter().flatten() {
-            gold_counts[*g] += 1;
-        }
-        let mut mass = vec![0.0f64; k];
-        let mut with_weak = 0;
-        for a in aggregate.iter().flatten() {
-            with_weak += 1;
-            for (m, p) in mass.iter_mut().zip(a) {
-                *m += *p as f64;
-            }
-        }
+        let gold_counts = class_counts(data.judge.iter().flatten().copied(), k);
+        let (mass, with_weak) = class_mass(aggregate.iter().flatten().map(Vec::as_slice), k);
         let voted = data.votes.iter().filter(|v| !v.is_empty()).count();
         let prior = estimate(&PriorEvidence {
             classes: k,
