@@ -24,53 +24,13 @@ import argparse
 import json
 import os
 import random
-import sys
-import time
-import urllib.error
-import urllib.request
 
-
-def call(base, method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=600) as r:
-            text = r.read().decode()
-            is_json = r.headers.get("content-type", "").startswith("application/json")
-            return r.status, (json.loads(text) if is_json and text else text)
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def ok(resp, what):
-    status, body = resp
-    if status >= 300:
-        sys.exit(f"{what}: {status} {body}")
-    return body
-
-
-def run_job(base, task):
-    job = ok(call(base, "POST", f"/v1/tasks/{task}/jobs", {"mode": "head"}), "job")
-    while True:
-        j = ok(call(base, "GET", f"/v1/tasks/{task}/jobs/{job['id']}"), "job state")
-        if j["state"] in ("succeeded", "failed", "cancelled"):
-            if j["state"] != "succeeded":
-                sys.exit(f"job {j}")
-            return j
-        time.sleep(1)
+from sw2s_http import call, examples, ok, run_job
 
 
 def decisions(base, task):
     """Each example's current decision (label, source, suggested_label), by id."""
-    out, after = {}, ""
-    while True:
-        page = ok(call(base, "GET", f"/v1/tasks/{task}/examples?limit=1000&after={after}"), "examples")
-        for e in page["examples"]:
-            out[e["id"]] = e["decision"] or {}
-        after = page.get("next_cursor")
-        if not after:
-            return out
+    return {i: e["decision"] or {} for i, e in examples(base, task).items()}
 
 
 def main():

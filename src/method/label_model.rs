@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use super::prior::{class_counts, class_mass, estimate, PriorEvidence};
 use super::safeguard::{self, Stage, StageMode, StageReport};
-use super::weak::{aggregate, argmax, break_tie, WeakVote};
+use super::weak::{aggregate, argmax, break_tie, tied_top, WeakVote};
 
 /// One source's vote on one example.
 #[derive(Debug, Clone, PartialEq)]
@@ -425,8 +425,8 @@ pub struct SourceFit {
     pub stage: StageReport,
 }
 
-/// The prior a tie in the mean could be broken towards: the gold labels' class shares with
-/// enough of them, else the mean's own (`method::prior::estimate` without a source model).
+/// The class prior a tie in the mean starts from: the gold labels' class shares with enough
+/// of them, else the mean's own (`method::prior::estimate` without a source model).
 fn tie_prior(obs: &Observations) -> Vec<f64> {
     let k = obs.classes;
     let means: Vec<Vec<f32>> = obs.votes.iter().filter_map(|v| mean_of(v, k)).collect();
@@ -440,52 +440,47 @@ fn tie_prior(obs: &Observations) -> Vec<f64> {
     .shares
 }
 
-/// How the mean breaks its ties, checked on gold like a stage: towards the prior's likelier
-/// label when that is right at least as often as the first-listed label on the gold examples
-/// whose votes tie; else (or with no such example to tell) the first-listed label, as a plain
-/// argmax would. Returns the prior to lean to (equal shares: no leaning) and the rule in words.
-fn tie_rule(obs: &Observations) -> (Vec<f64>, String) {
+/// How many examples' worth the class prior counts for beside the gold examples whose
+/// votes tie, when estimating which label a tie should go to.
+const TIE_PRIOR_WEIGHT: f64 = 5.0;
+
+/// What a tie in the mean leans to: the class shares of the gold examples whose votes tie
+/// (counted where the true label is among the tied ones), with the class prior counting as
+/// [`TIE_PRIOR_WEIGHT`] more. Sources often tie on one class more than another (a rule that
+/// fires for the rare class against a default that says the common one), and these are the
+/// examples that show it; without them the prior decides. Returns the shares and what they
+/// rest on, in words.
+fn tie_lean(obs: &Observations) -> (Vec<f64>, String) {
     let k = obs.classes;
-    let lean = tie_prior(obs);
-    let leaning = LabelModel::mean(k, "").leaning(&lean);
-    let (mut ties, mut likelier, mut first) = (0, 0, 0);
-    for (votes, g) in obs.votes.iter().zip(obs.gold) {
-        let (Some(g), Some(plain), Some(leant)) = (*g, mean_of(votes, k), leaning.posterior(votes))
-        else {
-            continue;
-        };
-        if plain == leant {
-            continue;
-        }
-        ties += 1;
-        likelier += usize::from(argmax(&leant) == Some(g));
-        first += usize::from(argmax(&plain) == Some(g));
-    }
-    if ties == 0 {
-        return (
-            vec![1.0 / k as f64; k],
-            "no gold example has votes that tie to check a tie rule on, so a tie in the mean goes to the first-listed label".into(),
-        );
-    }
-    let counts = format!(
-        "on the {ties} gold examples whose votes tie, the label the prior makes likelier was right {likelier} times, the first-listed label {first}"
-    );
-    if likelier >= first {
-        (
-            lean,
-            format!("a tie in the mean goes to the likelier label: {counts}"),
-        )
+    let prior = tie_prior(obs);
+    let tied_truth = obs.votes.iter().zip(obs.gold).filter_map(|(votes, g)| {
+        let tied = tied_top(&mean_of(votes, k)?);
+        (*g).filter(|g| tied.len() > 1 && tied.contains(g))
+    });
+    let counts = class_counts(tied_truth, k);
+    let n: usize = counts.iter().sum();
+    let lean: Vec<f64> = (0..k)
+        .map(|c| (TIE_PRIOR_WEIGHT * prior[c] + counts[c] as f64) / (TIE_PRIOR_WEIGHT + n as f64))
+        .collect();
+    let shares = lean
+        .iter()
+        .map(|p| format!("{:.0}%", 100.0 * p))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let reason = if n == 0 {
+        format!("a tie in the mean goes to the label the class prior makes likelier ({shares}); no gold example has votes that tie")
     } else {
-        (
-            vec![1.0 / k as f64; k],
-            format!("a tie in the mean goes to the first-listed label: {counts}"),
+        format!(
+            "a tie in the mean goes to the likelier label among tied examples ({shares}): the true labels of the {n} gold examples whose votes tie ({}), with the class prior as {TIE_PRIOR_WEIGHT} more",
+            counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" / ")
         )
-    }
+    };
+    (lean, reason)
 }
 
 /// Fits the source model and checks it against the confidence-weighted mean (the raw weak
 /// labels) on gold, with posteriors of gold examples from models that did not see their
-/// label. Where the mean is used, its ties follow `tie_rule`, which the stage's reason states.
+/// label. Where the mean is used, its ties follow `tie_lean`, which the stage's reason states.
 pub fn fit_sources(
     obs: &Observations,
     cfg: &LabelModelConfig,
@@ -494,7 +489,7 @@ pub fn fit_sources(
     seed: u64,
 ) -> SourceFit {
     let fitted = LabelModel::fit(obs, cfg);
-    let (lean, ties) = tie_rule(obs);
+    let (lean, ties) = tie_lean(obs);
     if fitted.kind == LabelModelKind::Mean {
         let stage = safeguard::unavailable(
             Stage::SourceModel,
@@ -682,7 +677,7 @@ mod tests {
     }
 
     #[test]
-    fn the_mean_breaks_ties_towards_the_prior_where_gold_agrees() {
+    fn a_tie_in_the_mean_goes_to_the_label_likelier_among_tied_examples() {
         // Two sources alike: too few to learn accuracies from agreement, and with 25 gold
         // labels too few to learn them from gold, so the mean is used. Where the two disagree
         // the mean ties, and the tie goes to the common label, not to the first one listed.
@@ -709,37 +704,43 @@ mod tests {
                 0,
             )
         };
-        let fit = fit_with(&some_gold(25), &votes);
-        assert_eq!(fit.used.kind, LabelModelKind::Mean);
-        assert!(fit.used.prior[1] > 0.6, "{:?}", fit.used.prior);
+        let tie_goes_to = |fit: &SourceFit, votes: &[Vec<Vote>]| -> Vec<Option<usize>> {
+            let mut to: Vec<Option<usize>> = votes
+                .iter()
+                .filter(|v| is_tie(v))
+                .map(|v| fit.used.posterior(v).and_then(|p| argmax(&p)))
+                .collect();
+            to.dedup();
+            to
+        };
+        assert!(votes.iter().filter(|v| is_tie(v)).count() > 500);
+        for gold in [25, 0] {
+            let fit = fit_with(&some_gold(gold), &votes);
+            assert_eq!(fit.used.kind, LabelModelKind::Mean);
+            assert!(fit.used.prior[1] > 0.6, "{:?}", fit.used.prior);
+            assert!(
+                fit.stage
+                    .reason
+                    .contains("; a tie in the mean goes to the l"),
+                "{}",
+                fit.stage.reason
+            );
+            assert_eq!(tie_goes_to(&fit, &votes), [Some(1)], "{gold} gold");
+            let leaning = accuracy(|v| fit.used.posterior(v), &truth, &votes);
+            let first_listed = accuracy(|v| mean_of(v, 2), &truth, &votes);
+            assert!(leaning > first_listed + 0.1, "{leaning} vs {first_listed}");
+        }
+        let fit = fit_with(&some_gold(0), &votes);
         assert!(
             fit.stage
                 .reason
-                .contains("a tie in the mean goes to the likelier label: on the "),
+                .contains("no gold example has votes that tie"),
             "{}",
             fit.stage.reason
         );
-        let ties: Vec<&Vec<Vote>> = votes.iter().filter(|v| is_tie(v)).collect();
-        assert!(ties.len() > 500, "{}", ties.len());
-        assert!(ties
-            .iter()
-            .all(|v| fit.used.posterior(v).and_then(|p| argmax(&p)) == Some(1)));
-        let leaning = accuracy(|v| fit.used.posterior(v), &truth, &votes);
-        let first_listed = accuracy(|v| mean_of(v, 2), &truth, &votes);
-        assert!(leaning > first_listed + 0.1, "{leaning} vs {first_listed}");
-        // No gold: nothing to check the rule on, so the first label keeps its ties.
-        let fit = fit_with(&some_gold(0), &votes);
-        assert!(ties
-            .iter()
-            .all(|v| fit.used.posterior(v).and_then(|p| argmax(&p)) == Some(0)));
-        assert!(
-            fit.stage.reason.contains("first-listed label"),
-            "{}",
-            fit.stage.reason
-        );
-        // Ties that fall mostly on the rare class (a rule that fires for it and a default
-        // that says the common label): gold shows the likelier label losing there, and the
-        // rule stays with the first label.
+        // Ties that fall on the rare class (a rule that fires for it against a default that
+        // says the common label): the gold examples whose votes tie show it, and the tie
+        // goes to the rare label although the prior favours the other.
         let votes: Vec<Vec<Vote>> = truth
             .iter()
             .enumerate()
@@ -756,31 +757,20 @@ mod tests {
                 }
             })
             .collect();
-        let fit = fit_with(&some_gold(25), &votes);
-        assert_eq!(fit.used.kind, LabelModelKind::Mean);
+        let fit = fit_with(&some_gold(60), &votes);
+        assert_eq!(fit.used.kind, LabelModelKind::Mean, "{}", fit.stage.reason);
+        assert!(fit.used.prior[0] > 0.5, "{:?}", fit.used.prior);
         assert!(
             fit.stage
                 .reason
-                .contains("a tie in the mean goes to the first-listed label: on the "),
+                .contains("goes to the likelier label among tied examples"),
             "{}",
             fit.stage.reason
         );
-        let tie = vec![
-            Vote {
-                source: 0,
-                scores: one_hot(0, 2),
-                confidence: 1.0,
-            },
-            Vote {
-                source: 1,
-                scores: one_hot(1, 2),
-                confidence: 1.0,
-            },
-        ];
-        assert_eq!(fit.used.posterior(&tie).and_then(|p| argmax(&p)), Some(0));
-        // With 30 gold labels or more, their class shares are the prior the ties lean to.
+        assert_eq!(tie_goes_to(&fit, &votes), [Some(0)]);
+        // With 30 gold labels or more, their class shares are the prior ties start from.
         let gold = some_gold(40);
-        let lean = tie_prior(&Observations {
+        let prior = tie_prior(&Observations {
             classes: 2,
             sources: 2,
             votes: &votes,
@@ -788,8 +778,8 @@ mod tests {
         });
         let zeros = gold.iter().flatten().filter(|&&g| g == 0).count();
         assert!(
-            (lean[0] - (zeros + 1) as f64 / 42.0).abs() < 1e-9,
-            "{lean:?}"
+            (prior[0] - (zeros + 1) as f64 / 42.0).abs() < 1e-9,
+            "{prior:?}"
         );
     }
 

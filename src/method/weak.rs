@@ -34,6 +34,14 @@ pub fn aggregate(votes: &[WeakVote], k: usize) -> Option<Vec<f32>> {
 /// anything else (smoothing, the trust model's margin).
 const TIE_NUDGE: f32 = 1e-4;
 
+/// The labels tied at the top of `dist` (within float noise); empty without mass.
+pub fn tied_top(dist: &[f32]) -> Vec<usize> {
+    let top = dist.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (0..dist.len())
+        .filter(|&c| top > 0.0 && dist[c] >= top - 1e-6)
+        .collect()
+}
+
 /// Breaks a tie at the top of `dist` towards the tied label with the largest `prior`: with
 /// two sources that disagree, or two against two, the mean has no answer, and `argmax` would
 /// hand every such example to the label listed first, the rare class as often as not. The
@@ -43,10 +51,7 @@ pub fn break_tie(dist: &mut [f32], prior: &[f64]) {
     if prior.len() != dist.len() {
         return;
     }
-    let top = dist.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let tied: Vec<usize> = (0..dist.len())
-        .filter(|&c| top > 0.0 && dist[c] >= top - 1e-6)
-        .collect();
+    let tied = tied_top(dist);
     let Some(&best) = tied
         .iter()
         .max_by(|&&a, &&b| prior[a].total_cmp(&prior[b]).then(b.cmp(&a)))

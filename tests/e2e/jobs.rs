@@ -433,10 +433,10 @@ async fn forcing_strong_selection(s: &TestServer) {
 }
 
 /// Two sources that disagree leave the mean of their votes tied. Before any job nothing is
-/// estimated and the tie goes to the label listed first; after a job, since on the tied
-/// gold examples the label the prior (here the gold's class shares) makes likelier is right
-/// more often, it goes to that label on every tied example, whatever the order of the
-/// task's labels, and the report says so. Every stage is off, so the mean alone decides.
+/// estimated and the tie goes to the label listed first; after a job it goes to the label
+/// likelier among tied examples (the gold examples whose votes tie, with the class prior)
+/// on every tied example, whatever the order of the task's labels, and the report says so.
+/// Every stage is off, so the mean alone decides.
 async fn ties_between_sources(s: &TestServer) {
     for labels in [["rare", "common"], ["common", "rare"]] {
         let task = format!("ties-{}", labels[0]);
@@ -498,7 +498,8 @@ async fn ties_between_sources(s: &TestServer) {
         assert_eq!(report["prior"]["source"], "gold", "{report}");
         let said = report["stages"][0]["reason"].as_str().unwrap_or_default();
         assert!(
-            said.contains("a tie in the mean goes to the likelier label: on the 50 gold examples whose votes tie"),
+            said.contains("a tie in the mean goes to the likelier label among tied examples")
+                && said.contains("the true labels of the 50 gold examples whose votes tie"),
             "{report}"
         );
         let after = decided().await;
