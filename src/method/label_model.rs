@@ -478,9 +478,9 @@ fn tie_lean(obs: &Observations) -> (Vec<f64>, String) {
     (lean, reason)
 }
 
-/// Fits the source model and checks it against the confidence-weighted mean (the raw weak
-/// labels) on gold, with posteriors of gold examples from models that did not see their
-/// label. Where the mean is used, its ties follow `tie_lean`, which the stage's reason states.
+/// Fits the source model and checks it on gold against what would be used instead: the
+/// confidence-weighted mean with its ties broken by `tie_lean` (which the stage's reason
+/// states), with posteriors of gold examples from models that did not see their label.
 pub fn fit_sources(
     obs: &Observations,
     cfg: &LabelModelConfig,
@@ -490,13 +490,14 @@ pub fn fit_sources(
 ) -> SourceFit {
     let fitted = LabelModel::fit(obs, cfg);
     let (lean, ties) = tie_lean(obs);
+    let mean = |reason: String| LabelModel::mean(obs.classes, reason).leaning(&lean);
     if fitted.kind == LabelModelKind::Mean {
         let stage = safeguard::unavailable(
             Stage::SourceModel,
             mode,
             &format!("not fitted: {}; {ties}", fitted.reason),
         );
-        let fitted = fitted.leaning(&lean);
+        let fitted = mean(fitted.reason);
         return SourceFit {
             used: fitted.clone(),
             fitted,
@@ -504,6 +505,7 @@ pub fn fit_sources(
         };
     }
     let oof = out_of_fold_posteriors(obs, cfg, 5, seed);
+    let fallback = mean(String::new());
     let (mut gold, mut input, mut output) = (vec![], vec![], vec![]);
     for ((votes, g), post) in obs.votes.iter().zip(obs.gold).zip(&oof) {
         let Some(g) = *g else { continue };
@@ -511,7 +513,7 @@ pub fn fit_sources(
             continue;
         }
         gold.push(g);
-        input.push(mean_of(votes, obs.classes).and_then(|m| argmax(&m)));
+        input.push(fallback.posterior(votes).and_then(|m| argmax(&m)));
         output.push(post.as_deref().and_then(argmax));
     }
     let mut stage = safeguard::check(
@@ -529,7 +531,7 @@ pub fn fit_sources(
         fitted.clone()
     } else {
         stage.reason = format!("{}; {ties}", stage.reason);
-        LabelModel::mean(obs.classes, format!("source model off: {}", stage.reason)).leaning(&lean)
+        mean(format!("source model off: {}", stage.reason))
     };
     SourceFit {
         fitted,
