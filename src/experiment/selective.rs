@@ -93,7 +93,7 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
 
     // 2. The class prior: gold, else the source model, else the weak labels.
     let gold_counts = class_counts(gold_rows.iter().map(|&r| ctx.truth[r]), k);
-    let (mass, with_weak) = class_mass(aggregate.values().flatten().map(Vec::as_slice), k);
+    let (mass, with_weak) = class_mass(aggregate.values().flatten(), k);
     let voted = votes.iter().filter(|v| !v.is_empty()).count();
     let prior = estimate(&PriorEvidence {
         classes: k,

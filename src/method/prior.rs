@@ -53,14 +53,14 @@ pub fn class_counts(labels: impl IntoIterator<Item = usize>, classes: usize) -> 
 
 /// Column sums of the distributions over `classes` and how many there are: the weak mass
 /// of `PriorEvidence`.
-pub fn class_mass<'a>(
-    dists: impl IntoIterator<Item = &'a [f32]>,
+pub fn class_mass<D: AsRef<[f32]>>(
+    dists: impl IntoIterator<Item = D>,
     classes: usize,
 ) -> (Vec<f64>, usize) {
     let (mut mass, mut n) = (vec![0.0f64; classes], 0);
     for d in dists {
         n += 1;
-        for (m, p) in mass.iter_mut().zip(d) {
+        for (m, p) in mass.iter_mut().zip(d.as_ref()) {
             *m += *p as f64;
         }
     }

@@ -1,6 +1,6 @@
 //! Weak labels: hard labels become one-hot rows; an example's weak aggregate is the
-//! confidence-weighted mean of its weak labels' distributions, and a tie in it goes to the
-//! label the task's prior makes likelier (not to whichever label the task lists first).
+//! confidence-weighted mean of its weak labels' distributions; a tie in it can be broken
+//! towards the label given shares make likelier (not whichever label the task lists first).
 
 /// One weak label as a distribution over the task's labels.
 #[derive(Debug, Clone, PartialEq)]

@@ -100,7 +100,7 @@ impl Service {
         progress.check()?;
 
         let gold_counts = class_counts(data.judge.iter().flatten().copied(), k);
-        let (mass, with_weak) = class_mass(aggregate.iter().flatten().map(Vec::as_slice), k);
+        let (mass, with_weak) = class_mass(aggregate.iter().flatten(), k);
         let voted = data.votes.iter().filter(|v| !v.is_empty()).count();
         let prior = estimate(&PriorEvidence {
             classes: k,
