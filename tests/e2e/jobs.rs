@@ -466,13 +466,7 @@ async fn ties_between_sources(s: &TestServer) {
                 e
             })
             .collect();
-        let (status, body) = s
-            .post(
-                &format!("/v1/tasks/{task}/examples"),
-                &json!({ "examples": examples }),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        crate::data::ingest(s, &task, &examples, examples.len()).await;
         let decided = || async {
             all_examples(s, &task)
                 .await
@@ -492,8 +486,7 @@ async fn ties_between_sources(s: &TestServer) {
         let before = decided().await;
         assert_eq!(before.len(), 50);
         assert!(before.iter().all(|l| l == labels[0]), "{before:?}");
-        let job = start_job(s, &task, json!({"mode": "head"})).await;
-        assert_eq!(wait_job(s, &task, job).await["state"], "succeeded");
+        crate::data::run_job(s, &task, json!({"mode": "head"})).await;
         let (_, report) = s.get(&format!("/v1/tasks/{task}/report")).await;
         assert_eq!(report["prior"]["source"], "gold", "{report}");
         let said = report["stages"][0]["reason"].as_str().unwrap_or_default();
