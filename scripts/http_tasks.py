@@ -3,11 +3,13 @@
 
     python3 scripts/http_tasks.py URL SCENARIO [DATASETS_DIR] [--seed N] [--gold N] [--target P]
 
-Each scenario builds a task from ../shared with weak sources of its own (hard labels, each
-source with its own accuracy per class and its own coverage, abstaining elsewhere), sends it
+Each scenario builds a task from ../shared with weak sources of its own (each source with its
+own accuracy per class and its own coverage, abstaining elsewhere; hard labels, or scores from
+a source that is surer when right than when wrong but often sure when wrong), sends it
 in batches, gives gold labels to a random sample (`picked: random`) and runs a head job. On
 the examples without gold it compares the raw weak labels (a majority vote of what was sent,
-a tie broken at random, fixed per example; no vote counts as wrong) with the refined labels
+scores adding up as fractions of a vote, a tie broken at random, fixed per example; no vote
+counts as wrong) with the refined labels
 and the decisions (an abstention counted by its suggested label), by accuracy and macro-F1.
 Then `target_precision` and a second job: the precision and coverage of the accepted
 decisions. One JSON line per stage of the run.
@@ -22,6 +24,10 @@ Scenarios:
   inverted        balanced SST-2, one source on 90% of the examples that is mostly wrong,
                   3 honest ones
   sst2-rare-pos   SST-2, 15% positive, one source that misses 45% of the positives
+  soft-rare       SST-2, 12% negative, a scoring source on every example that misses 40% of
+                  the negatives, and keyword-like hard labels on a third
+  soft-long       SciQ answers after their support paragraph (up to 3,120 characters, read
+                  whole), 20% correct, one scoring source, nothing else
 
 The data is read from DATASETS_DIR (else SW2S_DATASETS, else ../shared/datasets); nothing is
 written outside the server. A task of the same name is deleted first.
@@ -35,7 +41,7 @@ import zlib
 
 from sw2s_http import call, examples, ok, run_job
 
-# (source, coverage, accuracy per true class) per scenario.
+# (source, coverage, accuracy per true class[, "soft"]) per scenario.
 SOURCES = {
     "sciq-rare": [("lf_a", 0.7, [0.85, 0.6]), ("lf_b", 0.5, [0.7, 0.75]), ("lf_c", 0.4, [0.9, 0.5])],
     "sst2-smallgold": [("model", 1.0, [0.75, 0.75]), ("rules", 0.4, [0.85, 0.85])],
@@ -44,6 +50,8 @@ SOURCES = {
     "inverted": [("bad", 0.9, [0.3, 0.35]), ("lf1", 0.6, [0.8, 0.8]), ("lf2", 0.6, [0.75, 0.85]),
                  ("lf3", 0.5, [0.8, 0.7])],
     "sst2-rare-pos": [("model", 1.0, [0.9, 0.55])],
+    "soft-rare": [("clf", 1.0, [0.6, 0.92], "soft"), ("kw", 0.35, [0.8, 0.85])],
+    "soft-long": [("clf", 1.0, [0.85, 0.65], "soft")],
 }
 
 
@@ -76,6 +84,14 @@ def rows_of(scenario, data, rng):
     if scenario == "sst2-rare-pos":
         sst = read("sst2/train.jsonl")[40000:52000]
         return ["negative", "positive"], by_label(sst, 0)[:2550] + by_label(sst, 1)[:450]
+    if scenario == "soft-rare":
+        sst = read("sst2/train.jsonl")[55000:]
+        return ["negative", "positive"], by_label(sst, 0)[:360] + by_label(sst, 1)[:2640]
+    if scenario == "soft-long":
+        rows = read("sciq_support/validation.jsonl") + read("sciq_support/test.jsonl")
+        correct = by_label(rows, 1)
+        rng.shuffle(correct)
+        return ["incorrect", "correct"], by_label(rows, 0) + correct[:500]
     raise SystemExit(f"unknown scenario {scenario!r}; one of {', '.join(SOURCES)}")
 
 
@@ -84,12 +100,32 @@ def vote(rng, y, k, accuracy):
     return y if rng.random() < accuracy[y] else rng.choice([c for c in range(k) if c != y])
 
 
+def weak_label(rng, source, y, labels):
+    """One source's weak label for an example of true label `y`: hard, or with scores whose
+    top label is the vote, surer when the vote is right (a mean of 0.85 against 0.72)."""
+    name, _, accuracy, *kind = source
+    k = len(labels)
+    v = vote(rng, y, k, accuracy)
+    if kind != ["soft"]:
+        return {"source": name, "label": labels[v]}
+    top = 1 / k + (1 - 1 / k) * rng.betavariate(*((3, 1) if v == y else (1.6, 1.2)))
+    rest = [rng.random() for _ in range(k - 1)]
+    rest = [(1 - top) * r / sum(rest) for r in rest]
+    scores = rest[:v] + [top] + rest[v:]
+    return {"source": name, "scores": [round(p, 4) for p in scores]}
+
+
 def majority(example_id, votes, labels):
-    """The raw weak label: the most voted label, a tie broken at random (fixed per example)."""
-    counts = [sum(v["label"] == name for v in votes) for name in labels]
+    """The raw weak label: the most voted label (scores count as fractions of a vote), a tie
+    broken at random (fixed per example)."""
     if not votes:
         return None
-    tied = [c for c, n in enumerate(counts) if n == max(counts)]
+    counts = [0.0] * len(labels)
+    for v in votes:
+        for c, p in enumerate(v["scores"] if "scores" in v else
+                              [float(v["label"] == name) for name in labels]):
+            counts[c] += p
+    tied = [c for c, n in enumerate(counts) if n >= max(counts) - 1e-9]
     return labels[tied[zlib.crc32(example_id.encode()) % len(tied)]]
 
 
@@ -145,8 +181,8 @@ def main():
     rng = random.Random(a.seed)
     labels, rows = rows_of(a.scenario, a.datasets, rng)
     rng.shuffle(rows)
-    votes = {r["id"]: [{"source": src, "label": labels[vote(rng, r["label"], len(labels), acc)]}
-                       for src, cov, acc in SOURCES[a.scenario] if rng.random() < cov]
+    votes = {r["id"]: [weak_label(rng, s, r["label"], labels)
+                       for s in SOURCES[a.scenario] if rng.random() < s[1]]
              for r in rows}
     task = f"{a.scenario}-{a.seed}-{a.gold}"
     call(a.url, "DELETE", f"/v1/tasks/{task}")
