@@ -715,27 +715,18 @@ mod tests {
             to.dedup();
             to
         };
+        let says = |fit: &SourceFit, words: &str| {
+            assert!(fit.stage.reason.contains(words), "{}", fit.stage.reason);
+        };
         assert!(votes.iter().filter(|v| is_tie(v)).count() > 500);
         for gold in [25, 0] {
             let fit = fit_with(&some_gold(gold), &votes);
             if gold == 0 {
-                assert!(
-                    fit.stage
-                        .reason
-                        .contains("no gold example has votes that tie"),
-                    "{}",
-                    fit.stage.reason
-                );
+                says(&fit, "no gold example has votes that tie");
             }
             assert_eq!(fit.used.kind, LabelModelKind::Mean);
             assert!(fit.used.prior[1] > 0.6, "{:?}", fit.used.prior);
-            assert!(
-                fit.stage
-                    .reason
-                    .contains("; a tie in the mean goes to the l"),
-                "{}",
-                fit.stage.reason
-            );
+            says(&fit, "; a tie in the mean goes to the l");
             assert_eq!(tie_goes_to(&fit, &votes), [Some(1)], "{gold} gold");
             let leaning = accuracy(|v| fit.used.posterior(v), &truth, &votes);
             let first_listed = accuracy(|v| mean_of(v, 2), &truth, &votes);
@@ -763,13 +754,7 @@ mod tests {
         let fit = fit_with(&some_gold(60), &votes);
         assert_eq!(fit.used.kind, LabelModelKind::Mean, "{}", fit.stage.reason);
         assert!(fit.used.prior[0] > 0.5, "{:?}", fit.used.prior);
-        assert!(
-            fit.stage
-                .reason
-                .contains("goes to the likelier label among tied examples"),
-            "{}",
-            fit.stage.reason
-        );
+        says(&fit, "goes to the likelier label among tied examples");
         assert_eq!(tie_goes_to(&fit, &votes), [Some(0)]);
         // With 30 gold labels or more, their class shares are the prior ties start from.
         let gold = some_gold(40);
