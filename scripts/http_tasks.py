@@ -152,11 +152,13 @@ def measure(base, task, labels, rest, votes):
         "refined": lambda i: ex[i].get("refined_label"),
         "decisions": decided,
     }
-    out = {"examples": len(rest)}
+    out = {"examples": len(rest),
+           "true_shares": [round(sum(t == c for t in truth.values()) / len(truth), 3) for c in labels]}
     for name, f in kinds.items():
         pairs = [(f(i), t) for i, t in truth.items()]
         out[name] = round(sum(p == t for p, t in pairs) / len(pairs), 4)
         out[name + "_macro_f1"] = round(macro_f1(pairs, labels), 4)
+        out[name + "_shares"] = [round(sum(p == c for p, _ in pairs) / len(pairs), 3) for c in labels]
     accepted = [i for i in truth if (ex[i]["decision"] or {}).get("source") in ("strong", "weak_refined")]
     out["coverage"] = round(len(accepted) / len(truth), 4)
     out["precision"] = round(sum(ex[i]["decision"]["label"] == truth[i] for i in accepted) / max(1, len(accepted)), 4)

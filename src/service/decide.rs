@@ -17,9 +17,10 @@ use crate::method::confidence::{uncalibrated_weak, WeakEvidence};
 use crate::method::pik::{msp, PikSource};
 use crate::method::pipeline::PipelineFit;
 use crate::method::policy::Policy;
+use crate::method::prior::{estimate, PriorEvidence};
 use crate::method::rule::{decide, DecisionSource, Inputs, Rule, StrongSide, WeakSide};
 use crate::method::safeguard::StageMode;
-use crate::method::weak::argmax;
+use crate::method::weak::{argmax, break_tie, tied_top};
 use crate::store::examples;
 use crate::store::weak_labels::{self, WeakLabelRow};
 use crate::store::{bytes_to_f32s, decisions, keyset_pages, now_ms};
@@ -119,6 +120,40 @@ pub struct Decider<'a> {
     pub pipeline: Option<&'a PipelineFit>,
     pub rule: Rule,
     pub smoothing_on: bool,
+    /// Before any pipeline: the class shares a tie in the refined label leans to, and where
+    /// they come from (`tie_lean`). A fitted pipeline carries its own lean in its source model.
+    pub lean: Option<(Vec<f64>, String)>,
+}
+
+/// Before a task's first job nothing fitted breaks a tie in the weak mean (two sources that
+/// disagree), and `argmax` would give every one to the label the task lists first, the rare
+/// class as often as not. Until a job fits its own lean, ties go to the class the task's
+/// labels make likelier: its gold labels' shares once there are enough of them, else the
+/// shares of its weak labels' votes (the same fallbacks as a job's class prior).
+pub async fn tie_lean(
+    conn: &mut sqlx::AnyConnection,
+    task: &TaskCtx,
+) -> Result<(Vec<f64>, String)> {
+    let k = task.k();
+    let (mut gold, mut votes) = (vec![0usize; k], vec![0f64; k]);
+    for row in weak_labels::class_counts(&mut *conn, task.id).await? {
+        let (Ok(l), Ok(n)) = (usize::try_from(row.label), usize::try_from(row.n)) else {
+            continue;
+        };
+        match row.kind.as_str() {
+            "gold" if l < k => gold[l] += n,
+            "vote" if l < k => votes[l] += n as f64,
+            _ => {}
+        }
+    }
+    let voted = votes.iter().sum::<f64>() as usize;
+    let prior = estimate(&PriorEvidence {
+        classes: k,
+        gold_counts: &gold,
+        source_model: None,
+        weak_mass: Some((&votes, voted)),
+    });
+    Ok((prior.shares, prior.reason))
 }
 
 impl<'a> Decider<'a> {
@@ -145,14 +180,22 @@ impl<'a> Decider<'a> {
                     pipeline,
                     rule,
                     smoothing_on: forced(s.smoothing, p.smoothing.on),
+                    lean: None,
                 }
             }
             None => Decider {
                 pipeline: None,
                 rule: Policy::unchecked(s.strong, s.selection, tau, "no model version yet").rule(),
                 smoothing_on: s.smoothing == StageMode::On,
+                lean: None,
             },
         }
+    }
+
+    /// Whether ties in the refined labels need a lean from the task's class counts: only
+    /// before a pipeline, and only where one of `refined` is tied.
+    pub fn needs_lean<'r>(&self, mut refined: impl Iterator<Item = &'r [f32]>) -> bool {
+        self.pipeline.is_none() && refined.any(|r| tied_top(r).len() > 1)
     }
 
     /// The refined weak label in force: smoothed when smoothing is on (and the example is in
@@ -163,6 +206,21 @@ impl<'a> Decider<'a> {
         } else {
             weak
         }
+    }
+
+    /// `refined` with a tie at its top broken by the lean, and the words saying so.
+    pub fn lean_on(&self, task: &TaskCtx, mut refined: Vec<f32>) -> (Vec<f32>, Option<String>) {
+        let Some((shares, why)) = &self.lean else {
+            return (refined, None);
+        };
+        if tied_top(&refined).len() < 2 {
+            return (refined, None);
+        }
+        break_tie(&mut refined, shares);
+        let note = argmax(&refined).and_then(|l| task.label_name(l)).map(|name| {
+            format!("; its weak labels tie, and before any job a tie goes to the label the task's counts make likelier ({why}): {name}")
+        });
+        (refined, note)
     }
 
     /// The weak side's proposal and its confidence.
@@ -279,11 +337,23 @@ impl Service {
         graph_version: i64,
         trigger: &str,
     ) -> Result<Vec<Current>> {
-        let decider = Decider::new(task, version);
+        let mut decider = Decider::new(task, version);
         let tau = decider.rule.tau;
         let mut out = Vec::with_capacity(chunk.len());
         {
             let rows = examples::by_ids(tx.conn(), chunk).await?;
+            let unbroken: Vec<Vec<f32>> = rows
+                .iter()
+                .filter_map(|r| {
+                    decider.refined(
+                        parse_dist(r.weak.as_deref()),
+                        parse_dist(r.smoothed.as_deref()),
+                    )
+                })
+                .collect();
+            if decider.needs_lean(unbroken.iter().map(Vec::as_slice)) {
+                decider.lean = Some(tie_lean(tx.conn(), task).await?);
+            }
             let embeddings: HashMap<i64, Vec<f32>> = match version {
                 Some(_) => examples::embeddings_of(tx.conn(), chunk)
                     .await?
@@ -309,7 +379,13 @@ impl Service {
                 });
                 let weak = parse_dist(row.weak.as_deref());
                 let smoothed = parse_dist(row.smoothed.as_deref());
-                let refined = decider.refined(weak.clone(), smoothed.clone());
+                let (refined, tie_note) = match decider.refined(weak.clone(), smoothed.clone()) {
+                    Some(r) => {
+                        let (r, note) = decider.lean_on(task, r);
+                        (Some(r), note)
+                    }
+                    None => (None, None),
+                };
                 let weak_side = refined.as_deref().and_then(|r| {
                     decider.weak_side(
                         r,
@@ -346,7 +422,13 @@ impl Service {
                     || row.decision_source.as_deref() != Some(outcome.source.as_str());
                 let pik_source = scored.as_ref().map(|s| s.source).unwrap_or(PikSource::None);
                 let refined_label = refined.as_deref().and_then(argmax);
-                let reason = format!("{trigger}: {}", outcome.reason);
+                let reason = format!(
+                    "{trigger}: {}{}",
+                    outcome.reason,
+                    tie_note
+                        .filter(|_| outcome.branch != DecisionSource::Gold)
+                        .unwrap_or_default()
+                );
                 pending.push(Pending {
                     example_id: row.id,
                     label,

@@ -1,5 +1,6 @@
 //! Weak labels: one per (example, source), the votes the source model reads, the per-source
-//! aggregates of the live source summary, and filling the `vote` column of older rows.
+//! aggregates of the live source summary, the task's class counts a tie leans to before its
+//! first job, and filling the `vote` column of older rows.
 
 use sqlx::{Any, AnyConnection, Executor, FromRow};
 
@@ -69,6 +70,32 @@ pub async fn source_votes<'c, E: Executor<'c, Database = Any>>(
                FROM weak_labels w JOIN examples e ON e.id = w.example_id \
                WHERE e.task_id = $1) v \
          GROUP BY source, vote ORDER BY source, vote",
+    )
+    .bind(task_id)
+    .fetch_all(ex)
+    .await
+}
+
+/// Per label, how many of a task's weak labels favour it (`vote`) and how many of its gold
+/// labels are it (`gold`).
+#[derive(Debug, Clone, FromRow)]
+pub struct ClassCountRow {
+    pub kind: String,
+    pub label: i64,
+    pub n: i64,
+}
+
+/// The class counts a tie in the weak mean leans to before the task's first job.
+pub async fn class_counts<'c, E: Executor<'c, Database = Any>>(
+    ex: E,
+    task_id: i64,
+) -> Result<Vec<ClassCountRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT 'vote' AS kind, w.vote AS label, COUNT(*) AS n FROM weak_labels w \
+         JOIN examples e ON e.id = w.example_id WHERE e.task_id = $1 AND w.vote >= 0 \
+         GROUP BY w.vote \
+         UNION ALL SELECT 'gold' AS kind, gold_label AS label, COUNT(*) AS n FROM examples \
+         WHERE task_id = $1 AND gold_label IS NOT NULL GROUP BY gold_label",
     )
     .bind(task_id)
     .fetch_all(ex)

@@ -432,11 +432,11 @@ async fn forcing_strong_selection(s: &TestServer) {
     assert_eq!(status, 204);
 }
 
-/// Two sources that disagree leave the mean of their votes tied. Before any job nothing is
-/// estimated and the tie goes to the label listed first; after a job it goes to the label
-/// likelier among tied examples (the gold examples whose votes tie, with the class prior)
-/// on every tied example, whatever the order of the task's labels, and the report says so.
-/// Every stage is off, so the mean alone decides.
+/// Two sources that disagree leave the mean of their votes tied. Before any job the tie goes
+/// to the label the weak labels' votes make likelier, and the decision says so; after a job
+/// it goes to the label likelier among tied examples (the gold examples whose votes tie,
+/// with the class prior) on every tied example, whatever the order of the task's labels, and
+/// the report says so. Every stage is off, so the mean alone decides.
 async fn ties_between_sources(s: &TestServer) {
     for labels in [["rare", "common"], ["common", "rare"]] {
         let task = format!("ties-{}", labels[0]);
@@ -454,18 +454,18 @@ async fn ties_between_sources(s: &TestServer) {
         let other = |l: &str| if l == "rare" { "common" } else { "rare" };
         let tied = |i: usize| i % 3 != 2;
         let gold = |i: usize| i % 2 == 0;
-        let examples: Vec<Value> = (0..150)
-            .map(|i| {
-                let (t, _) = text(i);
-                let b = if tied(i) { other(truth(i)) } else { truth(i) };
-                let mut e = json!({"id": format!("x{i}"), "text": t, "weak_labels": [
-                    {"source": "a", "label": truth(i)}, {"source": "b", "label": b}]});
-                if gold(i) {
-                    e["gold_label"] = json!(truth(i));
-                }
-                e
-            })
-            .collect();
+        // Sent without their gold labels first: a's votes are 20% rare, b's 60%.
+        let example = |i: usize, with_gold: bool| {
+            let (t, _) = text(i);
+            let b = if tied(i) { other(truth(i)) } else { truth(i) };
+            let mut e = json!({"id": format!("x{i}"), "text": t, "weak_labels": [
+                {"source": "a", "label": truth(i)}, {"source": "b", "label": b}]});
+            if with_gold {
+                e["gold_label"] = json!(truth(i));
+            }
+            e
+        };
+        let examples: Vec<Value> = (0..150).map(|i| example(i, false)).collect();
         crate::data::ingest(s, &task, &examples, examples.len()).await;
         let decided = || async {
             all_examples(s, &task)
@@ -476,16 +476,26 @@ async fn ties_between_sources(s: &TestServer) {
                     tied(i) && !gold(i)
                 })
                 .map(|e| {
-                    e["decision"]["label"]
-                        .as_str()
-                        .unwrap_or("none")
-                        .to_string()
+                    let label = e["decision"]["label"].as_str().unwrap_or("none");
+                    (label.to_string(), e["decision"]["reason"].to_string())
                 })
-                .collect::<Vec<String>>()
+                .collect::<Vec<(String, String)>>()
         };
         let before = decided().await;
         assert_eq!(before.len(), 50);
-        assert!(before.iter().all(|l| l == labels[0]), "{before:?}");
+        for (label, reason) in &before {
+            assert_eq!(label, "common", "{reason}");
+            assert!(
+                reason.contains("a tie goes to the label the task's counts make likelier")
+                    && reason.contains("class shares of the weak labels"),
+                "{reason}"
+            );
+        }
+        let gold_examples: Vec<Value> = (0..150)
+            .filter(|&i| gold(i))
+            .map(|i| example(i, true))
+            .collect();
+        crate::data::ingest(s, &task, &gold_examples, gold_examples.len()).await;
         crate::data::run_job(s, &task, json!({"mode": "head"})).await;
         let (_, report) = s.get(&format!("/v1/tasks/{task}/report")).await;
         assert_eq!(report["prior"]["source"], "gold", "{report}");
@@ -496,7 +506,7 @@ async fn ties_between_sources(s: &TestServer) {
             "{report}"
         );
         let after = decided().await;
-        assert!(after.iter().all(|l| l == "common"), "{after:?}");
+        assert!(after.iter().all(|(l, _)| l == "common"), "{after:?}");
         let (status, _) = s.delete(&format!("/v1/tasks/{task}")).await;
         assert_eq!(status, 204);
     }
