@@ -299,8 +299,26 @@ pub fn run(recipe: &Recipe, ctx: &Ctx, strong: &mut dyn Strong) -> anyhow::Resul
             weak: weak_side(r, None),
         })
         .collect();
+    // Strong-train as the rule will decide it, for strong selection's class check.
+    let pool_scored: Vec<(usize, f32)> = st
+        .iter()
+        .map(|&r| (r, p_ik(&embedding_of[&r], &probs_of[&r])))
+        .collect();
+    let pool: Vec<Inputs> = pool_scored
+        .iter()
+        .map(|&(r, q)| Inputs {
+            gold: None,
+            strong: Some(StrongSide {
+                probs: &probs_of[&r],
+                p_ik: q,
+                calibrated: pik_calibrated,
+            }),
+            weak: weak_side(r, trust.model.as_ref()),
+        })
+        .collect();
     let policy = fit_policy(
         &cases,
+        &pool,
         &PolicyConfig {
             strong: recipe.strong,
             selection: recipe.selection,

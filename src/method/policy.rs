@@ -159,9 +159,10 @@ fn fit_arbiter(cases: &[PolicyCase], seed: u64) -> Option<(Arbiter, Vec<Option<A
 }
 
 /// Checks strong selection against the weak side alone on the judging gold (out-of-fold
-/// values), then measures the chosen rule's confidence and fits the target-precision
-/// threshold on all of it.
-pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
+/// values) and, where `pool` holds the examples without gold, that it gives up no class the
+/// gold shows (`safeguard::keep_classes`); then measures the chosen rule's confidence and
+/// fits the target-precision threshold on all of it.
+pub fn fit_policy(cases: &[PolicyCase], pool: &[Inputs], cfg: &PolicyConfig) -> Policy {
     let compare = cfg.selection == Selection::Confidence;
     let arbiter = if compare {
         fit_arbiter(cases, cfg.tau.to_bits() as u64)
@@ -209,7 +210,7 @@ pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
             .max()
             .unwrap_or(0)
             .max(gold.iter().max().map_or(0, |g| g + 1));
-        super::safeguard::check(
+        let on_gold = super::safeguard::check(
             Stage::Strong,
             cfg.strong,
             &super::safeguard::Compared {
@@ -217,6 +218,26 @@ pub fn fit_policy(cases: &[PolicyCase], cfg: &PolicyConfig) -> Policy {
                 gold: &gold,
                 input: &labels(&without),
                 output: &labels(&with),
+            },
+            cfg.z,
+        );
+        let whole = arbiter.as_ref().map(|(a, _)| a.clone());
+        let pool_labels = |rule: &Rule| -> Vec<Option<usize>> {
+            let rule = Rule {
+                arbiter: whole.clone(),
+                ..rule.clone()
+            };
+            pool.iter()
+                .map(|x| decide(&Inputs { gold: None, ..*x }, &rule).label)
+                .collect()
+        };
+        super::safeguard::keep_classes(
+            on_gold,
+            &super::safeguard::OnThePool {
+                classes,
+                gold_counts: &super::prior::class_counts(gold.iter().copied(), classes),
+                input: &pool_labels(&without),
+                output: &pool_labels(&with),
             },
             cfg.z,
         )
@@ -304,7 +325,7 @@ mod tests {
             target_precision: Some(0.75),
             train_precision: Some(0.75),
         };
-        let p = fit_policy(&cases, &cfg);
+        let p = fit_policy(&cases, &[], &cfg);
         assert!(p.strong.on, "{:?}", p.strong);
         assert!((p.strong.output_accuracy.unwrap() - 0.8).abs() < 1e-9);
         let t = p.target.clone().unwrap();
@@ -317,6 +338,7 @@ mod tests {
         assert!(p.trains(None), "no confidence: nothing to judge it by");
         let unreachable = fit_policy(
             &cases,
+            &[],
             &PolicyConfig {
                 train_precision: Some(0.999),
                 ..cfg.clone()
@@ -339,7 +361,7 @@ mod tests {
                 ..*c
             })
             .collect();
-        let p = fit_policy(&worse, &cfg);
+        let p = fit_policy(&worse, &[], &cfg);
         assert!(!p.strong.on, "{:?}", p.strong);
         assert!(p.strong.reason.starts_with("bypassed"));
         // The same cases beside the first ones but not judging (picked for review): the check
@@ -352,9 +374,78 @@ mod tests {
                 ..*c
             }))
             .collect();
-        let p = fit_policy(&mixed, &cfg);
+        let p = fit_policy(&mixed, &[], &cfg);
         assert!(p.strong.on, "{:?}", p.strong);
         assert_eq!(p.strong.gold, 200);
         assert_eq!(p.target.unwrap().examples, 400);
+    }
+
+    #[test]
+    fn strong_selection_that_gives_up_a_class_on_the_pool_is_bypassed() {
+        // 40 gold labels, 4 of class 0. The strong model is right on all of them, the weak
+        // side on the 4 and on 24 of the 36: strong wins on gold. On the pool it says class 1
+        // everywhere.
+        let all_one = [0.05f32, 0.95];
+        let zero = [0.95f32, 0.05];
+        let gold = |i: usize| usize::from(i % 10 != 0);
+        let weak_label = |i: usize| {
+            if i % 10 == 0 || i % 3 != 0 {
+                gold(i)
+            } else {
+                0
+            }
+        };
+        let side = |label: usize| WeakSide {
+            label,
+            confidence: 0.6,
+            calibrated: false,
+        };
+        let strong = Some(StrongSide {
+            probs: &all_one,
+            p_ik: 0.9,
+            calibrated: false,
+        });
+        let cases: Vec<PolicyCase> = (0..40)
+            .map(|i| PolicyCase {
+                gold: gold(i),
+                judges: true,
+                strong: Some(StrongSide {
+                    probs: if gold(i) == 0 { &zero } else { &all_one },
+                    p_ik: 0.9,
+                    calibrated: false,
+                }),
+                weak: Some(side(weak_label(i))),
+                group: i as u64,
+            })
+            .collect();
+        let cfg = PolicyConfig {
+            strong: StageMode::Auto,
+            selection: Selection::Tau,
+            tau: 0.5,
+            z: 1.645,
+            target_precision: None,
+            train_precision: None,
+        };
+        assert!(
+            fit_policy(&cases, &[], &cfg).strong.on,
+            "on gold alone it passes"
+        );
+        // On the pool the weak side calls a quarter class 0; with strong on none is.
+        let pool: Vec<Inputs> = (0..1000)
+            .map(|i| Inputs {
+                gold: None,
+                strong,
+                weak: Some(side(usize::from(i % 4 != 0))),
+            })
+            .collect();
+        let p = fit_policy(&cases, &pool, &cfg);
+        assert!(!p.strong.on, "{:?}", p.strong);
+        assert!(
+            p.strong
+                .reason
+                .contains("labels 0.0% as label 0 (its input 25.0%)"),
+            "{}",
+            p.strong.reason
+        );
     }
 }

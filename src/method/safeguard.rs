@@ -192,6 +192,56 @@ pub fn check(stage: Stage, mode: StageMode, c: &Compared, z: f64) -> StageReport
     }
 }
 
+/// The labels a stage gives the examples without gold, beside its input's, and the gold
+/// labels' class counts.
+pub struct OnThePool<'a> {
+    pub classes: usize,
+    pub gold_counts: &'a [usize],
+    pub input: &'a [Option<usize>],
+    pub output: &'a [Option<usize>],
+}
+
+/// A class the gold labels show must keep a share of a stage's labels on the examples
+/// without gold: at least half the one-sided lower bound (at `z`) of its share of gold, unless
+/// the stage's input gave it no more. With two or three gold examples of the rare class the
+/// paired test and the macro-F1 on gold cannot see a stage that calls nearly every other
+/// example the common class (seen: strong selection on 25 gold labels, 1 in 1,000 left
+/// `negative` where a tenth were). A stage on by the gold check that fails this is bypassed
+/// (a stage forced on stays on); the reason gives the figures.
+pub fn keep_classes(mut report: StageReport, pool: &OnThePool, z: f64) -> StageReport {
+    if !report.on || report.mode != StageMode::Auto {
+        return report;
+    }
+    let n_gold: usize = pool.gold_counts.iter().sum();
+    let share = |labels: &[Option<usize>], c: usize| {
+        let labelled = labels.iter().flatten().count();
+        (labelled > 0)
+            .then(|| labels.iter().flatten().filter(|&&l| l == c).count() as f64 / labelled as f64)
+    };
+    for (c, &g) in pool.gold_counts.iter().enumerate().take(pool.classes) {
+        if g == 0 {
+            continue;
+        }
+        let floor = super::confidence::wilson_lower(g, n_gold, z) / 2.0;
+        let (Some(out), Some(inp)) = (share(pool.output, c), share(pool.input, c)) else {
+            continue;
+        };
+        if out < floor && out < inp {
+            report.on = false;
+            report.reason = format!(
+                "bypassed: it gives up a class the gold labels are too few to show it giving up: on the {} examples without gold it labels {:.1}% as label {c} (its input {:.1}%), where {g} of {n_gold} gold labels put that class at no less than {:.1}% (one-sided bound; half of it was needed); on gold it would have stayed on ({})",
+                pool.output.len(),
+                100.0 * out,
+                100.0 * inp,
+                200.0 * floor,
+                report.reason
+            );
+            return report;
+        }
+    }
+    report
+}
+
 /// A stage that could not run at all (e.g. no model version yet for `strong`).
 pub fn unavailable(stage: Stage, mode: StageMode, why: &str) -> StageReport {
     StageReport {
@@ -215,6 +265,72 @@ pub fn unavailable(stage: Stage, mode: StageMode, why: &str) -> StageReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_that_gives_up_a_class_gold_shows_is_bypassed() {
+        let on = || StageReport {
+            on: true,
+            reason: "on: it beats its input".into(),
+            ..unavailable(Stage::Strong, StageMode::Auto, "")
+        };
+        // 3 of 25 gold labels are class 0 (lower bound ~4.7%); the weak side calls 28% of
+        // the pool class 0.
+        let gold_counts = [3, 22];
+        let input: Vec<Option<usize>> = (0..1000).map(|i| Some(usize::from(i % 25 >= 7))).collect();
+        let collapsed: Vec<Option<usize>> = (0..1000).map(|i| Some(usize::from(i != 0))).collect();
+        let fair: Vec<Option<usize>> = (0..1000).map(|i| Some(usize::from(i % 10 != 0))).collect();
+        let pool = |output: &[Option<usize>]| -> StageReport {
+            keep_classes(
+                on(),
+                &OnThePool {
+                    classes: 2,
+                    gold_counts: &gold_counts,
+                    input: &input,
+                    output,
+                },
+                DEFAULT_Z,
+            )
+        };
+        let r = pool(&collapsed);
+        assert!(!r.on, "{}", r.reason);
+        assert!(
+            r.reason
+                .contains("labels 0.1% as label 0 (its input 28.0%)")
+                && r.reason
+                    .contains("on gold it would have stayed on (on: it beats its input)"),
+            "{}",
+            r.reason
+        );
+        assert!(pool(&fair).on, "a tenth of class 0 keeps the class");
+        // A stage forced on, or one the gold check bypassed, is left as it is.
+        let forced = keep_classes(
+            StageReport {
+                mode: StageMode::On,
+                ..on()
+            },
+            &OnThePool {
+                classes: 2,
+                gold_counts: &gold_counts,
+                input: &input,
+                output: &collapsed,
+            },
+            DEFAULT_Z,
+        );
+        assert!(forced.on);
+        // Its input gave the class no more: nothing is given up by this stage.
+        let none_before: Vec<Option<usize>> = vec![Some(1); 1000];
+        let r = keep_classes(
+            on(),
+            &OnThePool {
+                classes: 2,
+                gold_counts: &gold_counts,
+                input: &none_before,
+                output: &collapsed,
+            },
+            DEFAULT_Z,
+        );
+        assert!(r.on, "{}", r.reason);
+    }
 
     /// Gold all class 1 except every tenth row (class 0). The first `wins` rows: output
     /// right, input wrong; the next `losses`: the reverse; the rest equal and right.

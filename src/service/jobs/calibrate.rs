@@ -41,6 +41,24 @@ pub(crate) struct WeakFit {
 }
 
 impl WeakFit {
+    /// An example's weak side as decisions will see it: the trust model's confidence, or
+    /// the refined label's own probability without one.
+    pub fn weak_side(&self, data: &TaskData, i: usize) -> Option<WeakSide> {
+        let e = self.evidence(data, i)?;
+        Some(match &self.trust.model {
+            Some(m) => WeakSide {
+                label: e.label,
+                confidence: m.predict(&e),
+                calibrated: true,
+            },
+            None => WeakSide {
+                label: e.label,
+                confidence: uncalibrated_weak(&e),
+                calibrated: false,
+            },
+        })
+    }
+
     fn evidence<'a>(&'a self, data: &TaskData, i: usize) -> Option<WeakEvidence<'a>> {
         let refined = self.refined[i].as_deref()?;
         let label = argmax(refined)?;

@@ -17,10 +17,10 @@ use crate::error::{Error, Result};
 use crate::method::heads::Heads;
 use crate::method::heads::{softmax, LinearHead};
 use crate::method::label_model::LabelModel;
-use crate::method::pik::{train_pik, PikConfig, PikOutcome, PikSample};
+use crate::method::pik::{msp, train_pik, PikConfig, PikOutcome, PikSample};
 use crate::method::pipeline::PipelineFit;
 use crate::method::policy::{fit_policy, Policy, PolicyCase, PolicyConfig};
-use crate::method::rule::{DecisionSource, StrongSide};
+use crate::method::rule::{DecisionSource, Inputs, StrongSide};
 use crate::method::safeguard::{self, Compared, Stage, StageMode, StageReport};
 use crate::method::training::{cross_fit, train_softmax, Dataset, TrainConfig};
 use crate::method::weak::{argmax, one_hot};
@@ -270,6 +270,38 @@ impl Service {
             }
         };
         progress.check()?;
+        // The examples without gold as the new version will decide them (embeddings from
+        // its encoder: the new ones a full job made, else the stored ones).
+        let embedding_of = |i: usize| -> Option<&[f32]> {
+            match &trained.encoder.embeddings {
+                Some(new) => new.get(&data.ids[i]).map(Vec::as_slice),
+                None => data.embedding[i].as_deref(),
+            }
+        };
+        let scored: Vec<(usize, Vec<f32>, f32)> = (0..data.len())
+            .filter(|&i| data.gold[i].is_none())
+            .filter_map(|i| {
+                let e = embedding_of(i)?;
+                let probs = trained.heads.probs(e);
+                let q = trained
+                    .heads
+                    .trained_pik(e, &probs)
+                    .unwrap_or_else(|| msp(&probs));
+                Some((i, probs, q))
+            })
+            .collect();
+        let pool: Vec<Inputs> = scored
+            .iter()
+            .map(|(i, probs, q)| Inputs {
+                gold: None,
+                strong: Some(StrongSide {
+                    probs,
+                    p_ik: *q,
+                    calibrated: trained.pik.head.is_some(),
+                }),
+                weak: weak.weak_side(&data, *i),
+            })
+            .collect();
         let policy = fit_policy(
             &trained
                 .gold
@@ -289,6 +321,7 @@ impl Service {
                     })
                 })
                 .collect::<Vec<_>>(),
+            &pool,
             &PolicyConfig {
                 strong: task.settings.strong,
                 selection: task.settings.selection,
