@@ -18,6 +18,7 @@ use super::metrics::{
     auroc, auroc_null_se, brier, ece, precision_coverage, reliability, CoveragePoint,
     ReliabilityBin,
 };
+use super::rule::WeakSide;
 use super::weak::argmax;
 
 /// A logistic model P(y = 1 | x) = σ(w·x + b), fitted by Newton's method with an L2 penalty
@@ -393,6 +394,23 @@ pub fn fit_trust(
 /// label's own probability (named `uncalibrated` wherever it is reported).
 pub fn uncalibrated_weak(e: &WeakEvidence) -> f32 {
     e.refined[e.label]
+}
+
+/// The weak side's proposal for `e`: the trust model's probability that it is right, or,
+/// without one, the refined label's own (uncalibrated).
+pub fn weak_side(trust: Option<&TrustModel>, e: &WeakEvidence) -> WeakSide {
+    match trust {
+        Some(m) => WeakSide {
+            label: e.label,
+            confidence: m.predict(e),
+            calibrated: true,
+        },
+        None => WeakSide {
+            label: e.label,
+            confidence: uncalibrated_weak(e),
+            calibrated: false,
+        },
+    }
 }
 
 /// z of the one-sided bound a target precision must hold at (95%).

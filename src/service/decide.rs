@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::version_cache::LoadedVersion;
 use super::{dist_json, parse_dist, Service, TaskCtx};
 use crate::error::Result;
-use crate::method::confidence::{uncalibrated_weak, WeakEvidence};
+use crate::method::confidence::{weak_side, WeakEvidence};
 use crate::method::pik::{msp, PikSource};
 use crate::method::pipeline::PipelineFit;
 use crate::method::policy::Policy;
@@ -245,24 +245,13 @@ impl<'a> Decider<'a> {
             votes: votes.len(),
             agreeing,
         };
-        Some(match self.pipeline.and_then(|p| p.trust.as_ref()) {
-            Some(trust) => (
-                WeakSide {
-                    label,
-                    confidence: trust.predict(&evidence),
-                    calibrated: true,
-                },
-                ConfidenceSource::Trust,
-            ),
-            None => (
-                WeakSide {
-                    label,
-                    confidence: uncalibrated_weak(&evidence),
-                    calibrated: false,
-                },
-                ConfidenceSource::RefinedProbability,
-            ),
-        })
+        let side = weak_side(self.pipeline.and_then(|p| p.trust.as_ref()), &evidence);
+        let source = if side.calibrated {
+            ConfidenceSource::Trust
+        } else {
+            ConfidenceSource::RefinedProbability
+        };
+        Some((side, source))
     }
 }
 
@@ -342,16 +331,18 @@ impl Service {
         let mut out = Vec::with_capacity(chunk.len());
         {
             let rows = examples::by_ids(tx.conn(), chunk).await?;
-            let unbroken: Vec<Vec<f32>> = rows
+            // Each row's weak aggregate, smoothed label and refined label in force (its
+            // ties not yet broken), parsed once: whether any is tied decides the lean.
+            let dists: Vec<_> = rows
                 .iter()
-                .filter_map(|r| {
-                    decider.refined(
-                        parse_dist(r.weak.as_deref()),
-                        parse_dist(r.smoothed.as_deref()),
-                    )
+                .map(|r| {
+                    let weak = parse_dist(r.weak.as_deref());
+                    let smoothed = parse_dist(r.smoothed.as_deref());
+                    let refined = decider.refined(weak.clone(), smoothed.clone());
+                    (weak, smoothed, refined)
                 })
                 .collect();
-            if decider.needs_lean(unbroken.iter().map(Vec::as_slice)) {
+            if decider.needs_lean(dists.iter().filter_map(|(_, _, r)| r.as_deref())) {
                 decider.lean = Some(tie_lean(tx.conn(), task).await?);
             }
             let embeddings: HashMap<i64, Vec<f32>> = match version {
@@ -368,7 +359,7 @@ impl Service {
             }
             let now = now_ms();
             let mut pending: Vec<Pending> = Vec::with_capacity(chunk.len());
-            for row in rows {
+            for (row, (weak, smoothed, refined)) in rows.into_iter().zip(dists) {
                 // Only embeddings from the version's own encoder can be scored by its heads.
                 let scored = version.and_then(|v| {
                     let same_encoder = row.encoder_id.as_deref() == Some(v.encoder_id.as_str());
@@ -377,9 +368,7 @@ impl Service {
                         .filter(|_| same_encoder)
                         .map(|e| score(v, e))
                 });
-                let weak = parse_dist(row.weak.as_deref());
-                let smoothed = parse_dist(row.smoothed.as_deref());
-                let (refined, tie_note) = match decider.refined(weak.clone(), smoothed.clone()) {
+                let (refined, tie_note) = match refined {
                     Some(r) => {
                         let (r, note) = decider.lean_on(task, r);
                         (Some(r), note)

@@ -9,7 +9,7 @@ use super::data::TaskData;
 use super::Progress;
 use crate::error::Result;
 use crate::method::confidence::{
-    fit_trust, trust_features, uncalibrated_weak, TrustFit, WeakEvidence,
+    fit_trust, trust_features, uncalibrated_weak, weak_side, TrustFit, WeakEvidence,
 };
 use crate::method::label_model::{
     fit_sources, LabelModelConfig, LabelModelKind, Observations, SourceFit,
@@ -45,18 +45,7 @@ impl WeakFit {
     /// the refined label's own probability without one.
     pub fn weak_side(&self, data: &TaskData, i: usize) -> Option<WeakSide> {
         let e = self.evidence(data, i)?;
-        Some(match &self.trust.model {
-            Some(m) => WeakSide {
-                label: e.label,
-                confidence: m.predict(&e),
-                calibrated: true,
-            },
-            None => WeakSide {
-                label: e.label,
-                confidence: uncalibrated_weak(&e),
-                calibrated: false,
-            },
-        })
+        Some(weak_side(self.trust.model.as_ref(), &e))
     }
 
     fn evidence<'a>(&'a self, data: &TaskData, i: usize) -> Option<WeakEvidence<'a>> {
