@@ -129,7 +129,8 @@ pub struct Decider<'a> {
 /// disagree), and `argmax` would give every one to the label the task lists first, the rare
 /// class as often as not. Until a job fits its own lean, ties go to the class the task's
 /// labels make likelier: its gold labels' shares once there are enough of them, else the
-/// shares of its weak labels' votes (the same fallbacks as a job's class prior).
+/// shares of its weak labels, each example counted once (the same fallbacks as a job's
+/// class prior, whose weak shares are the column sums of the examples' weak means).
 pub async fn tie_lean(
     conn: &mut sqlx::AnyConnection,
     task: &TaskCtx,
@@ -137,16 +138,17 @@ pub async fn tie_lean(
     let k = task.k();
     let (mut gold, mut votes) = (vec![0usize; k], vec![0f64; k]);
     for row in weak_labels::class_counts(&mut *conn, task.id).await? {
-        let (Ok(l), Ok(n)) = (usize::try_from(row.label), usize::try_from(row.n)) else {
+        let Ok(l) = usize::try_from(row.label) else {
             continue;
         };
         match row.kind.as_str() {
-            "gold" if l < k => gold[l] += n,
-            "vote" if l < k => votes[l] += n as f64,
+            "gold" if l < k => gold[l] += row.n.round() as usize,
+            "vote" if l < k => votes[l] += row.n,
             _ => {}
         }
     }
-    let voted = votes.iter().sum::<f64>() as usize;
+    // Each voted example's mass sums to one, so the total is how many there are.
+    let voted = votes.iter().sum::<f64>().round() as usize;
     let prior = estimate(&PriorEvidence {
         classes: k,
         gold_counts: &gold,

@@ -76,25 +76,33 @@ pub async fn source_votes<'c, E: Executor<'c, Database = Any>>(
     .await
 }
 
-/// Per label, how many of a task's weak labels favour it (`vote`) and how many of its gold
-/// labels are it (`gold`).
+/// Per label, the weak-label mass on it (`vote`: each example with weak labels counts once,
+/// shared among its votes by their confidence, as the confidence-weighted mean shares it) and
+/// how many gold labels are it (`gold`).
 #[derive(Debug, Clone, FromRow)]
 pub struct ClassCountRow {
     pub kind: String,
     pub label: i64,
-    pub n: i64,
+    pub n: f64,
 }
 
-/// The class counts a tie in the weak mean leans to before the task's first job.
+/// The class counts a tie in the weak mean leans to before the task's first job. Votes are
+/// weighed per example, not per label sent, so a source that labels every example twice as
+/// often as another, or examples that carry many votes, do not outweigh the rest.
 pub async fn class_counts<'c, E: Executor<'c, Database = Any>>(
     ex: E,
     task_id: i64,
 ) -> Result<Vec<ClassCountRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT 'vote' AS kind, w.vote AS label, COUNT(*) AS n FROM weak_labels w \
-         JOIN examples e ON e.id = w.example_id WHERE e.task_id = $1 AND w.vote >= 0 \
-         GROUP BY w.vote \
-         UNION ALL SELECT 'gold' AS kind, gold_label AS label, COUNT(*) AS n FROM examples \
+        "SELECT 'vote' AS kind, w.vote AS label, \
+            CAST(SUM(w.confidence / c.total) AS DOUBLE PRECISION) AS n \
+         FROM weak_labels w JOIN \
+            (SELECT v.example_id, SUM(v.confidence) AS total FROM weak_labels v \
+             JOIN examples e ON e.id = v.example_id WHERE e.task_id = $1 AND v.vote >= 0 \
+             GROUP BY v.example_id) c ON c.example_id = w.example_id \
+         WHERE w.vote >= 0 GROUP BY w.vote \
+         UNION ALL SELECT 'gold' AS kind, gold_label AS label, \
+            CAST(COUNT(*) AS DOUBLE PRECISION) AS n FROM examples \
          WHERE task_id = $1 AND gold_label IS NOT NULL GROUP BY gold_label",
     )
     .bind(task_id)

@@ -87,6 +87,7 @@ async fn lifecycle(backend: Backend) {
     first_version(&s, queued).await;
     predictions_follow_the_version(&s).await;
     ties_between_sources(&s).await;
+    tie_lean_counts_examples(&s).await;
     rollback(&s).await;
     cancel_running_job(&s).await;
     full_job_and_reembedding(&s).await;
@@ -515,6 +516,52 @@ async fn ties_between_sources(s: &TestServer) {
         );
         let after = decided().await;
         assert!(after.iter().all(|l| l == "common"), "{after:?}");
+        let (status, _) = s.delete(&format!("/v1/tasks/{task}")).await;
+        assert_eq!(status, 204);
+    }
+}
+
+/// Before any job a tie leans by examples, not by labels sent: 40 examples with one vote for
+/// `common` outweigh 10 with five votes each for `rare` (50 votes to 40).
+async fn tie_lean_counts_examples(s: &TestServer) {
+    for labels in [["rare", "common"], ["common", "rare"]] {
+        let task = format!("lean-{}", labels[0]);
+        let settings = json!({"source_model": "off", "smoothing": "off", "strong": "off"});
+        let (status, body) = s
+            .post(
+                "/v1/tasks",
+                &json!({"name": task, "labels": labels, "settings": settings}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let mut examples: Vec<Value> = (0..40)
+            .map(|i| {
+                json!({"id": format!("c{i}"), "text": format!("a plain sentence {i}"),
+                    "weak_labels": [{"source": "a", "label": "common"}]})
+            })
+            .collect();
+        examples.extend((0..10).map(|i| {
+            let votes: Vec<Value> = (1..=5)
+                .map(|r| json!({"source": format!("r{r}"), "label": "rare"}))
+                .collect();
+            json!({"id": format!("r{i}"), "text": format!("an odd sentence {i}"), "weak_labels": votes})
+        }));
+        crate::data::ingest(s, &task, &examples, examples.len()).await;
+        let tied = json!({"id": "x", "text": "a sentence the sources split on", "weak_labels": [
+            {"source": "a", "label": "rare"}, {"source": "b", "label": "common"}]});
+        crate::data::ingest(s, &task, &[tied], 1).await;
+        let (status, x) = s.get(&format!("/v1/tasks/{task}/examples/x")).await;
+        assert_eq!(status, 200, "{x}");
+        assert_eq!(x["decision"]["label"], "common", "{x}");
+        let reason = x["decisions"]
+            .as_array()
+            .and_then(|h| h.iter().find(|d| d["current"] == true))
+            .and_then(|d| d["reason"].as_str())
+            .unwrap_or_default();
+        assert!(
+            reason.contains("class shares of the weak labels") && reason.ends_with(": common"),
+            "{x}"
+        );
         let (status, _) = s.delete(&format!("/v1/tasks/{task}")).await;
         assert_eq!(status, 204);
     }
