@@ -136,24 +136,24 @@ pub async fn tie_lean(
     task: &TaskCtx,
 ) -> Result<(Vec<f64>, String)> {
     let k = task.k();
-    let (mut gold, mut votes) = (vec![0usize; k], vec![0f64; k]);
+    let (mut gold, mut mass) = (vec![0usize; k], vec![0f64; k]);
     for row in weak_labels::class_counts(&mut *conn, task.id).await? {
         let Ok(l) = usize::try_from(row.label) else {
             continue;
         };
         match row.kind.as_str() {
             "gold" if l < k => gold[l] += row.n.round() as usize,
-            "vote" if l < k => votes[l] += row.n,
+            "vote" if l < k => mass[l] += row.n,
             _ => {}
         }
     }
     // Each voted example's mass sums to one, so the total is how many there are.
-    let voted = votes.iter().sum::<f64>().round() as usize;
+    let voted = mass.iter().sum::<f64>().round() as usize;
     let prior = estimate(&PriorEvidence {
         classes: k,
         gold_counts: &gold,
         source_model: None,
-        weak_mass: Some((&votes, voted)),
+        weak_mass: Some((&mass, voted)),
     });
     Ok((prior.shares, prior.reason))
 }

@@ -94,13 +94,13 @@ pub async fn class_counts<'c, E: Executor<'c, Database = Any>>(
     task_id: i64,
 ) -> Result<Vec<ClassCountRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT 'vote' AS kind, w.vote AS label, \
-            CAST(SUM(w.confidence / c.total) AS DOUBLE PRECISION) AS n \
-         FROM weak_labels w JOIN \
-            (SELECT v.example_id, SUM(v.confidence) AS total FROM weak_labels v \
-             JOIN examples e ON e.id = v.example_id WHERE e.task_id = $1 AND v.vote >= 0 \
-             GROUP BY v.example_id) c ON c.example_id = w.example_id \
-         WHERE w.vote >= 0 GROUP BY w.vote \
+        "SELECT 'vote' AS kind, vote AS label, \
+            CAST(SUM(confidence / total) AS DOUBLE PRECISION) AS n \
+         FROM (SELECT w.vote, w.confidence, \
+                  SUM(w.confidence) OVER (PARTITION BY w.example_id) AS total \
+               FROM weak_labels w JOIN examples e ON e.id = w.example_id \
+               WHERE e.task_id = $1 AND w.vote >= 0) v \
+         GROUP BY vote \
          UNION ALL SELECT 'gold' AS kind, gold_label AS label, \
             CAST(COUNT(*) AS DOUBLE PRECISION) AS n FROM examples \
          WHERE task_id = $1 AND gold_label IS NOT NULL GROUP BY gold_label",

@@ -433,6 +433,27 @@ async fn forcing_strong_selection(s: &TestServer) {
     assert_eq!(status, 204);
 }
 
+/// A task with every label-changing stage off, so the mean of the weak labels alone decides.
+async fn mean_only_task(s: &TestServer, task: &str, labels: [&str; 2]) {
+    let settings = json!({"source_model": "off", "smoothing": "off", "strong": "off"});
+    let (status, body) = s
+        .post(
+            "/v1/tasks",
+            &json!({"name": task, "labels": labels, "settings": settings}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// The reason of an example's current decision, from its history (the list view has none).
+fn current_reason(example: &Value) -> &str {
+    example["decisions"]
+        .as_array()
+        .and_then(|h| h.iter().find(|d| d["current"] == true))
+        .and_then(|d| d["reason"].as_str())
+        .unwrap_or_default()
+}
+
 /// Two sources that disagree leave the mean of their votes tied. Before any job the tie goes
 /// to the label the weak labels' votes make likelier, and the decision says so; after a job
 /// it goes to the label likelier among tied examples (the gold examples whose votes tie,
@@ -441,14 +462,7 @@ async fn forcing_strong_selection(s: &TestServer) {
 async fn ties_between_sources(s: &TestServer) {
     for labels in [["rare", "common"], ["common", "rare"]] {
         let task = format!("ties-{}", labels[0]);
-        let settings = json!({"source_model": "off", "smoothing": "off", "strong": "off"});
-        let (status, body) = s
-            .post(
-                "/v1/tasks",
-                &json!({"name": task, "labels": labels, "settings": settings}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        mean_only_task(s, &task, labels).await;
         // 150 examples, one in five rare; the sources disagree on two in three; gold on every
         // other one.
         let truth = |i: usize| if i % 5 == 0 { "rare" } else { "common" };
@@ -489,11 +503,7 @@ async fn ties_between_sources(s: &TestServer) {
         assert!(before.iter().all(|l| l == "common"), "{before:?}");
         // x1 is tied and has no gold label: its decision says why.
         let (_, x1) = s.get(&format!("/v1/tasks/{task}/examples/x1")).await;
-        let current = x1["decisions"]
-            .as_array()
-            .and_then(|h| h.iter().find(|d| d["current"] == true))
-            .and_then(|d| d["reason"].as_str())
-            .unwrap_or_default();
+        let current = current_reason(&x1);
         assert!(
             current.contains("a tie goes to the label the task's counts make likelier")
                 && current.contains("class shares of the weak labels")
@@ -526,14 +536,7 @@ async fn ties_between_sources(s: &TestServer) {
 async fn tie_lean_counts_examples(s: &TestServer) {
     for labels in [["rare", "common"], ["common", "rare"]] {
         let task = format!("lean-{}", labels[0]);
-        let settings = json!({"source_model": "off", "smoothing": "off", "strong": "off"});
-        let (status, body) = s
-            .post(
-                "/v1/tasks",
-                &json!({"name": task, "labels": labels, "settings": settings}),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
+        mean_only_task(s, &task, labels).await;
         let mut examples: Vec<Value> = (0..40)
             .map(|i| {
                 json!({"id": format!("c{i}"), "text": format!("a plain sentence {i}"),
@@ -553,11 +556,7 @@ async fn tie_lean_counts_examples(s: &TestServer) {
         let (status, x) = s.get(&format!("/v1/tasks/{task}/examples/x")).await;
         assert_eq!(status, 200, "{x}");
         assert_eq!(x["decision"]["label"], "common", "{x}");
-        let reason = x["decisions"]
-            .as_array()
-            .and_then(|h| h.iter().find(|d| d["current"] == true))
-            .and_then(|d| d["reason"].as_str())
-            .unwrap_or_default();
+        let reason = current_reason(&x);
         assert!(
             reason.contains("class shares of the weak labels") && reason.ends_with(": common"),
             "{x}"
