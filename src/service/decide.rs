@@ -14,6 +14,7 @@ use super::version_cache::LoadedVersion;
 use super::{dist_json, parse_dist, Service, TaskCtx};
 use crate::error::Result;
 use crate::method::confidence::{weak_side, WeakEvidence};
+use crate::method::heads::Heads;
 use crate::method::pik::{msp, PikSource};
 use crate::method::pipeline::PipelineFit;
 use crate::method::policy::Policy;
@@ -82,16 +83,16 @@ pub struct Current {
     pub changed: bool,
 }
 
-/// The strong model's view of one embedding under a version.
+/// The strong model's view of one embedding under a version's heads.
 pub struct Scored {
     pub probs: Vec<f32>,
     pub p_ik: f32,
     pub source: PikSource,
 }
 
-pub fn score(version: &LoadedVersion, embedding: &[f32]) -> Scored {
-    let probs = version.heads.probs(embedding);
-    match version.heads.trained_pik(embedding, &probs) {
+pub fn score(heads: &Heads, embedding: &[f32]) -> Scored {
+    let probs = heads.probs(embedding);
+    match heads.trained_pik(embedding, &probs) {
         Some(q) => Scored {
             probs,
             p_ik: q,
@@ -368,7 +369,7 @@ impl Service {
                     embeddings
                         .get(&row.id)
                         .filter(|_| same_encoder)
-                        .map(|e| score(v, e))
+                        .map(|e| score(&v.heads, e))
                 });
                 let (refined, tie_note) = match refined {
                     Some(r) => {

@@ -139,7 +139,7 @@ impl Service {
         let predictions = embeddings
             .iter()
             .map(|e| {
-                let s = super::decide::score(&version, e);
+                let s = super::decide::score(&version.heads, e);
                 let outcome = decide(
                     &Inputs {
                         gold: None,

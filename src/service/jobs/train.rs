@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::method::heads::Heads;
 use crate::method::heads::{softmax, LinearHead};
 use crate::method::label_model::LabelModel;
-use crate::method::pik::{msp, train_pik, PikConfig, PikOutcome, PikSample};
+use crate::method::pik::{train_pik, PikConfig, PikOutcome, PikSample};
 use crate::method::pipeline::PipelineFit;
 use crate::method::policy::{fit_policy, Policy, PolicyCase, PolicyConfig};
 use crate::method::rule::{DecisionSource, Inputs, StrongSide};
@@ -25,6 +25,7 @@ use crate::method::safeguard::{self, Compared, Stage, StageMode, StageReport};
 use crate::method::training::{cross_fit, train_softmax, Dataset, TrainConfig};
 use crate::method::weak::{argmax, one_hot};
 use crate::model::encoder::Encoded;
+use crate::service::decide::score;
 use crate::service::settings::{JobMode, Targets, TrainOn};
 use crate::service::version_cache::LoadedVersion;
 use crate::service::{Service, TaskCtx};
@@ -281,13 +282,8 @@ impl Service {
         let scored: Vec<(usize, Vec<f32>, f32)> = (0..data.len())
             .filter(|&i| data.gold[i].is_none())
             .filter_map(|i| {
-                let e = embedding_of(i)?;
-                let probs = trained.heads.probs(e);
-                let q = trained
-                    .heads
-                    .trained_pik(e, &probs)
-                    .unwrap_or_else(|| msp(&probs));
-                Some((i, probs, q))
+                let s = score(&trained.heads, embedding_of(i)?);
+                Some((i, s.probs, s.p_ik))
             })
             .collect();
         let pool: Vec<Inputs> = scored
